@@ -1,0 +1,33 @@
+# overdub — the two commands:
+#   make run    install missing system packages, then run the daemon (extra flags: ARGS="...")
+#   make test   install missing system packages, then run the whole test suite
+# Also: make build | bench | lint | deps
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: all run test build bench lint deps
+
+all: build
+
+deps:
+	scripts/install-deps
+
+run: deps
+	$(CARGO) run --release -- daemon $(ARGS)
+
+test: deps
+	$(CARGO) test --all-features
+
+build: deps
+	$(CARGO) build --release
+
+bench: deps
+	$(CARGO) bench
+	@for s in scripts/bench-*; do \
+		if [ -x "$$s" ]; then echo "== $$s"; "$$s" || exit 1; fi; \
+	done
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --all-features -- -D warnings

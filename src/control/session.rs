@@ -1,0 +1,948 @@
+//! One active session: its engine, audio graph, capture writer and take bookkeeping.
+//!
+//! Not real-time: everything here runs on tokio tasks, under the session's mutex. It talks to
+//! the processor only through the engine handle's lock-free queues and atomics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::backend::virtual_graph::{start_virtual, virtual_devices, VirtualConfig, VirtualSignal};
+use crate::backend::{DeviceInfo, Direction, RunningBackend};
+use crate::capture::{
+    bytes_per_second, free_space, CaptureWriter, ControlToWriter, SampleFormat, WriterConfig,
+    WriterToControl,
+};
+use crate::config::Config;
+use crate::engine::{
+    engine, ControlToEngine, EngineConfig, EngineHandle, EngineShared, EngineToControl, Monitoring,
+    TrackParams, TrackSlot, TransportState, NO_INPUT,
+};
+use crate::store::{
+    ClipRow, NewTake, SessionRow, Store, TakeEvent, TakeMetrics, TakeStatus, TrackRow,
+};
+
+use super::error::{ControlError, ControlResult};
+use super::{Event, Metrics, TrackField};
+
+/// How long an operation waits for the audio thread to apply a command.
+const ENGINE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `stop` waits for the writer to finalize the takes.
+const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A take being recorded.
+struct OpenTake {
+    take_id: i64,
+    path: PathBuf,
+    /// Timeline position of its first frame, once the writer has bound it.
+    start_frame: Option<u64>,
+    dropped_frames: u64,
+}
+
+/// One track of an active session.
+pub(super) struct TrackState {
+    pub row: TrackRow,
+    pub params: TrackParams,
+    /// Engine slot (index − 1).
+    slot: u16,
+    /// Takes prepared or recording, oldest first.
+    takes: Vec<OpenTake>,
+    next_take: u32,
+}
+
+/// Counters of the current (or last) recording run, for the metrics dictionary.
+#[derive(Default)]
+struct RunStats {
+    takes: u32,
+    finished_bytes: u64,
+    overflows: u64,
+    last: Option<Metrics>,
+}
+
+/// An active session. Lives behind a tokio mutex in [`super::Control`].
+pub(super) struct ActiveSession {
+    pub row: SessionRow,
+    pub tracks: BTreeMap<u32, TrackState>,
+    pub state: TransportState,
+    engine: EngineHandle,
+    shared: Arc<EngineShared>,
+    backend: Option<Box<dyn RunningBackend>>,
+    writer: Option<CaptureWriter>,
+    writer_events: mpsc::UnboundedReceiver<WriterToControl>,
+    devices: Vec<DeviceInfo>,
+    input_latency_frames: u32,
+    period: u32,
+    format: SampleFormat,
+    ring_seconds: f64,
+    max_tracks: u32,
+    min_free_seconds: f64,
+    data_dir: PathBuf,
+    store: Store,
+    events: broadcast::Sender<Event>,
+    run: RunStats,
+    xruns_seen: u64,
+}
+
+impl ActiveSession {
+    /// Builds the engine, starts the audio graph and the capture writer, and installs the
+    /// tracks. Blocking work (thread spawns) is short; called from a tokio task.
+    pub fn start(
+        row: SessionRow,
+        tracks: Vec<TrackRow>,
+        next_takes: &BTreeMap<u32, u32>,
+        config: &Config,
+        data_dir: &Path,
+        store: Store,
+        events: broadcast::Sender<Event>,
+    ) -> ControlResult<ActiveSession> {
+        let sample_rate = config.audio.sample_rate;
+        let period = config.audio.period;
+        let max_tracks = config.engine.max_tracks;
+        let (processor, handle, markers) = engine(EngineConfig::new(
+            sample_rate,
+            period as usize,
+            max_tracks as usize,
+        ));
+        let shared = handle.shared().clone();
+        let (writer_tx, writer_events) = mpsc::unbounded_channel();
+        let writer = CaptureWriter::spawn(
+            WriterConfig {
+                sample_rate,
+                format: config.capture.sample_format(),
+                flush_interval: config.capture.flush_duration(),
+                watch_dir: data_dir.to_path_buf(),
+                stop_free_seconds: config.capture.stop_free_seconds,
+            },
+            markers,
+            Box::new(move |event| {
+                let _ = writer_tx.send(event);
+            }),
+        )
+        .map_err(|e| ControlError::storage(format!("cannot start the capture writer: {e}")))?;
+        let virtual_config = VirtualConfig {
+            sample_rate,
+            period,
+            signal: if config.virtual_graph.signal == "silence" {
+                VirtualSignal::Silence
+            } else {
+                VirtualSignal::Tones
+            },
+            input_count: max_tracks as usize,
+        };
+        let backend = start_virtual(virtual_config, processor)
+            .map_err(|e| ControlError::backend(format!("cannot start the virtual graph: {e}")))?;
+        let info = backend.info();
+        let devices = backend.devices();
+        let mut session = ActiveSession {
+            row,
+            tracks: BTreeMap::new(),
+            state: TransportState::Stopped,
+            engine: handle,
+            shared,
+            backend: Some(backend),
+            writer: Some(writer),
+            writer_events,
+            devices,
+            input_latency_frames: info.input_latency_frames,
+            period: info.period,
+            format: config.capture.sample_format(),
+            ring_seconds: config.capture.ring_seconds,
+            max_tracks,
+            min_free_seconds: config.capture.min_free_seconds,
+            data_dir: data_dir.to_path_buf(),
+            store,
+            events,
+            run: RunStats::default(),
+            xruns_seen: 0,
+        };
+        for track in tracks {
+            let next = next_takes.get(&track.index).copied().unwrap_or(1);
+            session.install_track(track, next)?;
+        }
+        Ok(session)
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &str {
+        &self.row.id
+    }
+
+    /// Current position in frames.
+    pub fn position(&self) -> u64 {
+        self.shared.position()
+    }
+
+    /// Applies the settings that may change while the session runs (SIGHUP).
+    pub fn reload(&mut self, config: &Config) {
+        self.min_free_seconds = config.capture.min_free_seconds;
+        if let Some(writer) = &self.writer {
+            writer.send(ControlToWriter::SetFlushInterval(
+                config.capture.flush_duration(),
+            ));
+            writer.send(ControlToWriter::SetStopFreeSeconds(
+                config.capture.stop_free_seconds,
+            ));
+        }
+    }
+
+    /// Whether any take is prepared or open.
+    pub fn has_open_takes(&self) -> bool {
+        self.tracks.values().any(|t| !t.takes.is_empty())
+    }
+
+    /// The lowest free track index, if below the limit.
+    pub fn free_index(&self) -> Option<u32> {
+        (1..=self.max_tracks).find(|i| !self.tracks.contains_key(i))
+    }
+
+    /// Resolves an input word to engine channels for a track of `channels` channels.
+    /// Accepts `none`, a device name (its first channels) or `Device:N` (1-based channel).
+    pub fn resolve_input(&self, input: &str, channels: u8) -> ControlResult<[u16; 2]> {
+        resolve_input(&self.devices, input, channels)
+    }
+
+    /// Creates the track's ring, hands one end to the engine and the other to the writer.
+    pub fn install_track(&mut self, row: TrackRow, next_take: u32) -> ControlResult<()> {
+        let slot = (row.index - 1) as u16;
+        let params = params_from_row(&row, self.resolve_input(&row.input, row.channels)?)?;
+        let capacity = (self.ring_seconds * f64::from(self.row.sample_rate)) as usize
+            * usize::from(row.channels);
+        let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1024));
+        if let Some(writer) = &self.writer {
+            writer.send(ControlToWriter::AddTrack {
+                track: slot,
+                channels: row.channels,
+                ring: consumer,
+            });
+        }
+        self.send(ControlToEngine::InstallTrack {
+            track: slot,
+            slot: Box::new(TrackSlot {
+                params,
+                capture: producer,
+            }),
+        })?;
+        self.tracks.insert(
+            row.index,
+            TrackState {
+                row,
+                params,
+                slot,
+                takes: Vec::new(),
+                next_take,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a track that has no open take.
+    pub fn remove_track(&mut self, index: u32) -> ControlResult<()> {
+        let track = self
+            .tracks
+            .get(&index)
+            .ok_or_else(|| ControlError::not_found(format!("no track {index}")))?;
+        if !track.takes.is_empty() {
+            return Err(ControlError::invalid_state(format!(
+                "track {index} is recording; disarm it or stop first"
+            )));
+        }
+        let slot = track.slot;
+        self.send(ControlToEngine::RemoveTrack { track: slot })?;
+        if let Some(writer) = &self.writer {
+            writer.send(ControlToWriter::RemoveTrack { track: slot });
+        }
+        self.tracks.remove(&index);
+        Ok(())
+    }
+
+    /// Applies new settings to a track. Arming while recording journals and prepares a take
+    /// first, so the take exists before its first sample.
+    pub async fn apply_track(&mut self, index: u32, row: TrackRow) -> ControlResult<()> {
+        let params = {
+            let track = self
+                .tracks
+                .get(&index)
+                .ok_or_else(|| ControlError::not_found(format!("no track {index}")))?;
+            params_from_row(&row, self.resolve_input(&row.input, track.row.channels)?)?
+        };
+        let capturing = self.capturing();
+        let was_armed = self.tracks[&index].params.armed;
+        if capturing && params.armed && !was_armed {
+            self.check_free_space(&[index])?;
+            self.prepare_take(index).await?;
+        }
+        let slot = self.tracks[&index].slot;
+        self.send(ControlToEngine::SetTrack {
+            track: slot,
+            params,
+            at_frame: None,
+        })?;
+        let track = self.tracks.get_mut(&index).expect("checked above");
+        track.params = params;
+        track.row = row;
+        Ok(())
+    }
+
+    /// Whether the engine is recording or paused from recording (takes open).
+    fn capturing(&self) -> bool {
+        match self.state {
+            TransportState::Recording => true,
+            TransportState::Paused => self.has_open_takes(),
+            _ => false,
+        }
+    }
+
+    /// `record`: journal a take per armed track, prepare its file, start the transport.
+    pub async fn record(&mut self) -> ControlResult<()> {
+        self.drain().await;
+        match self.state {
+            TransportState::Recording => {
+                return Err(ControlError::invalid_state("already recording"))
+            }
+            TransportState::Paused => {
+                return Err(ControlError::invalid_state(
+                    "the transport is paused: resume or stop first",
+                ))
+            }
+            _ => {}
+        }
+        let armed: Vec<u32> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.params.armed)
+            .map(|(i, _)| *i)
+            .collect();
+        if armed.is_empty() {
+            return Err(ControlError::invalid_state(
+                "no track is armed: arm one with `overdub track set N --arm`",
+            ));
+        }
+        self.check_free_space(&armed)?;
+        self.shared.reset_run_counters();
+        self.xruns_seen = 0;
+        self.run = RunStats::default();
+        for index in &armed {
+            self.prepare_take(*index).await?;
+        }
+        self.send(ControlToEngine::Record { at_frame: None })?;
+        self.wait_for_state(TransportState::Recording).await
+    }
+
+    /// `play`: roll without capturing.
+    pub async fn play(&mut self) -> ControlResult<()> {
+        self.drain().await;
+        match self.state {
+            TransportState::Playing => return Ok(()),
+            TransportState::Paused => {
+                return Err(ControlError::invalid_state(
+                    "the transport is paused: resume or stop first",
+                ))
+            }
+            _ => {}
+        }
+        self.send(ControlToEngine::Play)?;
+        self.wait_for_state(TransportState::Playing).await?;
+        self.wait_for_takes().await;
+        Ok(())
+    }
+
+    /// `pause`: hold the position, suspend capture.
+    pub async fn pause(&mut self) -> ControlResult<()> {
+        self.drain().await;
+        if !matches!(
+            self.state,
+            TransportState::Playing | TransportState::Recording
+        ) {
+            return Err(ControlError::invalid_state(format!(
+                "cannot pause while {}",
+                self.state
+            )));
+        }
+        self.send(ControlToEngine::Pause)?;
+        self.wait_for_state(TransportState::Paused).await
+    }
+
+    /// `resume`: continue what was paused, into the same takes.
+    pub async fn resume(&mut self) -> ControlResult<()> {
+        self.drain().await;
+        if self.state != TransportState::Paused {
+            return Err(ControlError::invalid_state(format!(
+                "cannot resume while {}",
+                self.state
+            )));
+        }
+        self.send(ControlToEngine::Resume)?;
+        let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
+        while self.state == TransportState::Paused {
+            if Instant::now() > deadline {
+                return Err(ControlError::backend("the audio thread did not resume"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.drain().await;
+        }
+        Ok(())
+    }
+
+    /// `stop`: end every take, wait until their files are final, return the metrics.
+    pub async fn stop(&mut self) -> ControlResult<Metrics> {
+        self.drain().await;
+        if self.state != TransportState::Stopped {
+            self.send(ControlToEngine::Stop { at_frame: None })?;
+            self.wait_for_state(TransportState::Stopped).await?;
+        }
+        self.wait_for_takes().await;
+        let metrics = self.metrics();
+        self.run.last = Some(metrics.clone());
+        Ok(metrics)
+    }
+
+    /// `seek`: move the position (not while recording).
+    pub async fn seek(&mut self, frame: u64) -> ControlResult<()> {
+        self.drain().await;
+        if self.capturing() {
+            return Err(ControlError::invalid_state(
+                "cannot seek while recording: stop first",
+            ));
+        }
+        self.send(ControlToEngine::Seek { frame })?;
+        let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
+        while self.shared.position() != frame && self.state != TransportState::Playing {
+            if Instant::now() > deadline {
+                return Err(ControlError::backend("the audio thread did not seek"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.drain().await;
+        }
+        Ok(())
+    }
+
+    /// The metrics of the current recording run, or of the last one when stopped.
+    pub fn metrics(&self) -> Metrics {
+        if self.state == TransportState::Stopped && !self.has_open_takes() {
+            if let Some(last) = &self.run.last {
+                return last.clone();
+            }
+        }
+        let rate = f64::from(self.row.sample_rate);
+        let recorded = self.shared.recorded_frames();
+        let open_bytes: u64 = self
+            .tracks
+            .values()
+            .filter(|t| !t.takes.is_empty())
+            .map(|t| recorded * u64::from(t.row.channels) * u64::from(self.format.bytes_per_sample()))
+            .sum();
+        let xruns = self.shared.xruns();
+        Metrics {
+            session_id: self.row.id.clone(),
+            recorded_tracks: self.run.takes,
+            total_duration_ms: recorded as f64 * 1000.0 / rate,
+            average_latency_ms: f64::from(self.input_latency_frames + self.period) * 1000.0 / rate,
+            buffer_underruns: xruns + self.run.overflows,
+            data_received: self.run.finished_bytes + open_bytes,
+            xruns,
+            dropped_frames: self.shared.dropped_frames(),
+            disk_buffer_min_fill: f64::from(self.shared.capture_headroom_min()),
+            clip_count: self.shared.clip_count(),
+        }
+    }
+
+    /// Peak and RMS per track, in dBFS, by track index.
+    pub fn meters(&self) -> Vec<(f64, f64)> {
+        self.tracks
+            .values()
+            .map(|t| {
+                let (peak, rms) = self.shared.track_meter(usize::from(t.slot));
+                (to_dbfs(peak), to_dbfs(rms))
+            })
+            .collect()
+    }
+
+    /// How many seconds of recording of `tracks` the free space allows.
+    pub fn seconds_available(&self, tracks: &[u32]) -> ControlResult<f64> {
+        let free = free_space(&self.data_dir).map_err(|e| {
+            ControlError::storage(format!(
+                "cannot read free space of {}: {e}",
+                self.data_dir.display()
+            ))
+        })?;
+        let rate: u64 = tracks
+            .iter()
+            .filter_map(|i| self.tracks.get(i))
+            .map(|t| bytes_per_second(self.format, u16::from(t.row.channels), self.row.sample_rate))
+            .sum();
+        Ok(if rate == 0 {
+            f64::INFINITY
+        } else {
+            free as f64 / rate as f64
+        })
+    }
+
+    fn check_free_space(&self, tracks: &[u32]) -> ControlResult<()> {
+        let seconds = self.seconds_available(tracks)?;
+        let min = self.min_free_seconds;
+        if seconds < min {
+            return Err(ControlError::storage(format!(
+                "only {seconds:.1} s of recording fit on the disk of {} (capture.min_free_seconds = {min})",
+                self.data_dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Journals a take in the store, then has the writer create its file.
+    async fn prepare_take(&mut self, index: u32) -> ControlResult<()> {
+        let track = self.tracks.get_mut(&index).expect("caller checked");
+        let dir = self.data_dir.join("sessions").join(&self.row.id).join("takes");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ControlError::storage(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let slug = super::validate::slug(&track.row.name);
+        let (file, number) = loop {
+            let number = track.next_take;
+            track.next_take += 1;
+            let file = format!("{:02}-{slug}-take{number}.wav", track.row.index);
+            if !dir.join(&file).exists() {
+                break (file, number);
+            }
+        };
+        let relative = format!("sessions/{}/takes/{file}", self.row.id);
+        let path = self.data_dir.join(&relative);
+        let take_id = self
+            .store
+            .insert_take(NewTake {
+                session_id: self.row.id.clone(),
+                track_index: index,
+                path: relative,
+                channels: track.row.channels,
+                sample_rate: self.row.sample_rate,
+                format: self.format.as_str().into(),
+            })
+            .await?;
+        tracing::debug!(session = %self.row.id, track = index, take = number, "take journaled");
+        if let Some(writer) = &self.writer {
+            writer.send(ControlToWriter::PrepareTake {
+                track: track.slot,
+                take_id,
+                path: path.clone(),
+            });
+        }
+        track.takes.push(OpenTake {
+            take_id,
+            path,
+            start_frame: None,
+            dropped_frames: 0,
+        });
+        self.run.takes += 1;
+        Ok(())
+    }
+
+    fn send(&mut self, command: ControlToEngine) -> ControlResult<()> {
+        self.engine
+            .send(command)
+            .map_err(|_| ControlError::backend("the audio thread's command queue is full"))
+    }
+
+    async fn wait_for_state(&mut self, wanted: TransportState) -> ControlResult<()> {
+        let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
+        loop {
+            self.drain().await;
+            if self.state == wanted {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::backend(format!(
+                    "the audio thread did not reach {wanted} (still {})",
+                    self.state
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until every take that the engine has ended is final on disk.
+    async fn wait_for_takes(&mut self) {
+        let deadline = Instant::now() + FINALIZE_TIMEOUT;
+        while self.has_open_takes() && !self.capturing() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.drain().await;
+        }
+        if self.has_open_takes() && !self.capturing() {
+            tracing::error!(session = %self.row.id, "takes were not finalized in time");
+        }
+    }
+
+    /// Applies everything the engine and the writer reported since the last call: state,
+    /// take boundaries, gaps, finished takes, xruns, low disk. Called by every operation and by
+    /// the session's periodic pump.
+    pub async fn drain(&mut self) {
+        while let Some(event) = self.engine.pop_event() {
+            match event {
+                EngineToControl::State { state, frame } => {
+                    self.state = state;
+                    let _ = self.events.send(Event::State {
+                        session: self.row.id.clone(),
+                        state,
+                        position: frame,
+                    });
+                }
+                EngineToControl::Overflow { .. } => self.run.overflows += 1,
+                EngineToControl::Rejected { reason } => {
+                    tracing::warn!(session = %self.row.id, reason, "audio thread refused a command");
+                }
+                EngineToControl::TrackRetired { slot, .. } => drop(slot),
+                EngineToControl::TakeStarted { .. } | EngineToControl::TakeEnded { .. } => {}
+            }
+        }
+        while let Ok(event) = self.writer_events.try_recv() {
+            self.apply_writer_event(event).await;
+        }
+        let xruns = self.shared.xruns();
+        if xruns > self.xruns_seen {
+            let position = self.shared.position();
+            let takes: Vec<i64> = self.open_take_ids();
+            for take_id in takes {
+                self.journal_event(TakeEvent {
+                    take_id,
+                    kind: "xrun".into(),
+                    frame: position,
+                    length: xruns - self.xruns_seen,
+                    detail: String::new(),
+                })
+                .await;
+            }
+            self.xruns_seen = xruns;
+        }
+    }
+
+    fn open_take_ids(&self) -> Vec<i64> {
+        self.tracks
+            .values()
+            .flat_map(|t| t.takes.iter().filter(|k| k.start_frame.is_some()))
+            .map(|k| k.take_id)
+            .collect()
+    }
+
+    async fn apply_writer_event(&mut self, event: WriterToControl) {
+        match event {
+            WriterToControl::TakeStarted {
+                take_id, frame, ..
+            } => {
+                if let Some(take) = self.find_take(take_id) {
+                    take.start_frame = Some(frame);
+                }
+                if let Err(e) = self.store.set_take_started(take_id, frame).await {
+                    self.report(ControlError::from(e));
+                }
+            }
+            WriterToControl::TakeGap {
+                take_id,
+                at,
+                frames,
+            } => {
+                if let Some(take) = self.find_take(take_id) {
+                    take.dropped_frames += frames;
+                }
+                self.journal_event(TakeEvent {
+                    take_id,
+                    kind: "gap".into(),
+                    frame: at,
+                    length: frames,
+                    detail: "capture buffer overflow: silence written".into(),
+                })
+                .await;
+            }
+            WriterToControl::TakeFinished {
+                take_id,
+                track,
+                frames,
+                data_bytes,
+                path,
+            } => {
+                self.finish_take(take_id, track, frames, data_bytes, &path, TakeStatus::Complete)
+                    .await;
+            }
+            WriterToControl::TakeFailed {
+                take_id,
+                track,
+                frames,
+                message,
+            } => {
+                self.journal_event(TakeEvent {
+                    take_id,
+                    kind: "failed".into(),
+                    frame: frames,
+                    length: 0,
+                    detail: message.clone(),
+                })
+                .await;
+                self.report(ControlError::storage(format!("take {take_id}: {message}")));
+                let path = self
+                    .take_path(take_id)
+                    .unwrap_or_default();
+                let bytes = frames
+                    * u64::from(self.format.bytes_per_sample())
+                    * u64::from(self.channels_of_slot(track));
+                self.finish_take(take_id, track, frames, bytes, &path, TakeStatus::Failed)
+                    .await;
+            }
+            WriterToControl::PrepareFailed {
+                take_id,
+                track,
+                message,
+            } => {
+                self.report(ControlError::storage(format!(
+                    "cannot create the file of take {take_id}: {message}"
+                )));
+                self.finish_take(take_id, track, 0, 0, Path::new(""), TakeStatus::Failed)
+                    .await;
+            }
+            WriterToControl::DiskLow {
+                free_bytes,
+                seconds_left,
+            } => {
+                self.report(ControlError::storage(format!(
+                    "the disk is almost full ({free_bytes} bytes, {seconds_left:.1} s of recording left): recording stopped"
+                )));
+                if self.state != TransportState::Stopped {
+                    let _ = self.send(ControlToEngine::Stop { at_frame: None });
+                }
+                for take_id in self.open_take_ids() {
+                    self.journal_event(TakeEvent {
+                        take_id,
+                        kind: "disk_low".into(),
+                        frame: self.shared.position(),
+                        length: 0,
+                        detail: format!("{seconds_left:.1} s left"),
+                    })
+                    .await;
+                }
+            }
+            WriterToControl::Unbound { track } => {
+                self.report(ControlError::backend(format!(
+                    "audio for track slot {track} arrived with no journaled take and was discarded"
+                )));
+            }
+        }
+    }
+
+    fn channels_of_slot(&self, slot: u16) -> u8 {
+        self.tracks
+            .values()
+            .find(|t| t.slot == slot)
+            .map(|t| t.row.channels)
+            .unwrap_or(1)
+    }
+
+    fn find_take(&mut self, take_id: i64) -> Option<&mut OpenTake> {
+        self.tracks
+            .values_mut()
+            .flat_map(|t| t.takes.iter_mut())
+            .find(|k| k.take_id == take_id)
+    }
+
+    fn take_path(&self, take_id: i64) -> Option<PathBuf> {
+        self.tracks
+            .values()
+            .flat_map(|t| t.takes.iter())
+            .find(|k| k.take_id == take_id)
+            .map(|k| k.path.clone())
+    }
+
+    /// Records a finished take in the store (status, metrics, clip) and announces it.
+    async fn finish_take(
+        &mut self,
+        take_id: i64,
+        slot: u16,
+        frames: u64,
+        data_bytes: u64,
+        path: &Path,
+        status: TakeStatus,
+    ) {
+        let Some((index, take)) = self.tracks.iter_mut().find_map(|(i, t)| {
+            let at = t.takes.iter().position(|k| k.take_id == take_id)?;
+            Some((*i, t.takes.remove(at)))
+        }) else {
+            tracing::warn!(take_id, slot, "the writer finished a take control does not know");
+            return;
+        };
+        let rate = f64::from(self.row.sample_rate);
+        let metrics = TakeMetrics {
+            duration_ms: frames as f64 * 1000.0 / rate,
+            xruns: self.shared.xruns(),
+            dropped_frames: take.dropped_frames,
+            average_latency_ms: f64::from(self.input_latency_frames + self.period) * 1000.0 / rate,
+            data_bytes,
+            disk_buffer_min_fill: f64::from(self.shared.capture_headroom_min()),
+            clip_count: self.shared.clip_count(),
+        };
+        self.run.finished_bytes += data_bytes;
+        if let Err(e) = self.store.finish_take(take_id, status, frames, metrics).await {
+            self.report(e.into());
+        }
+        if frames > 0 {
+            let relative = path
+                .strip_prefix(&self.data_dir)
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned();
+            let clip = ClipRow {
+                id: 0,
+                session_id: self.row.id.clone(),
+                track_index: index,
+                take_id: Some(take_id),
+                path: relative,
+                start: take.start_frame.unwrap_or(0),
+                offset: 0,
+                length: frames,
+                gain: 1.0,
+            };
+            if let Err(e) = self.store.insert_clip(clip).await {
+                self.report(e.into());
+            }
+        }
+        let _ = self.events.send(Event::TakeFinished {
+            session: self.row.id.clone(),
+            track: index,
+            path: path.to_string_lossy().into_owned(),
+            frames,
+            status,
+        });
+    }
+
+    async fn journal_event(&mut self, event: TakeEvent) {
+        if let Err(e) = self.store.add_take_event(event).await {
+            self.report(e.into());
+        }
+    }
+
+    /// Logs an error and sends it to every surface as an `Error` event.
+    fn report(&self, error: ControlError) {
+        tracing::error!(session = %self.row.id, "{error}");
+        let _ = self.events.send(Event::Error {
+            session: Some(self.row.id.clone()),
+            code: error.code,
+            message: error.message,
+        });
+    }
+
+    /// Sends a track's change to every surface.
+    pub fn announce_track(&self, index: u32, fields: Vec<TrackField>) {
+        let _ = self.events.send(Event::TrackChanged {
+            session: self.row.id.clone(),
+            index,
+            fields,
+        });
+    }
+
+    /// Stops the transport, finalizes every take, and shuts the audio graph and writer down.
+    pub async fn shut_down(mut self) -> ControlResult<()> {
+        let stopped = self.stop().await;
+        let backend = self.backend.take();
+        let writer = self.writer.take();
+        let joined = tokio::task::spawn_blocking(move || {
+            if let Some(backend) = backend {
+                drop(backend.stop());
+            }
+            if let Some(writer) = writer {
+                writer.shutdown();
+            }
+        })
+        .await;
+        while let Ok(event) = self.writer_events.try_recv() {
+            self.apply_writer_event(event).await;
+        }
+        joined.map_err(|e| ControlError::backend(format!("shutting the session down: {e}")))?;
+        stopped.map(|_| ())
+    }
+}
+
+/// Engine parameters for a stored track (values were validated when they were set).
+fn params_from_row(row: &TrackRow, input: [u16; 2]) -> ControlResult<TrackParams> {
+    Ok(TrackParams {
+        channels: row.channels,
+        input,
+        armed: row.armed,
+        input_gain: row.input_gain as f32,
+        level: row.level as f32,
+        pan: row.pan as f32,
+        muted: row.muted,
+        soloed: row.soloed,
+        monitoring: Monitoring::parse(&row.monitoring).ok_or_else(|| {
+            ControlError::invalid_argument(format!("unknown monitoring mode {:?}", row.monitoring))
+        })?,
+    })
+}
+
+/// See [`ActiveSession::resolve_input`].
+pub(super) fn resolve_input(
+    devices: &[DeviceInfo],
+    input: &str,
+    channels: u8,
+) -> ControlResult<[u16; 2]> {
+    if input == "none" || input.is_empty() {
+        return Ok([NO_INPUT, NO_INPUT]);
+    }
+    let (name, channel) = match input.rsplit_once(':') {
+        Some((name, n)) if n.parse::<u16>().is_ok() => (name, n.parse::<u16>().ok()),
+        _ => (input, None),
+    };
+    let unknown = || {
+        let names: Vec<&str> = devices
+            .iter()
+            .filter(|d| matches!(d.direction, Direction::Input))
+            .map(|d| d.name.as_str())
+            .take(8)
+            .collect();
+        ControlError::invalid_argument(format!(
+            "unknown input {input:?}; inputs include {} (see `overdub devices`), or \"none\"",
+            names.join(", ")
+        ))
+    };
+    let device = devices
+        .iter()
+        .find(|d| matches!(d.direction, Direction::Input) && d.name == name)
+        .ok_or_else(unknown)?;
+    let first = match channel {
+        Some(0) => return Err(unknown()),
+        Some(n) if n > device.channels => {
+            return Err(ControlError::invalid_argument(format!(
+                "{name} has {} channel(s); channel {n} does not exist",
+                device.channels
+            )))
+        }
+        Some(n) => device.first_channel + n - 1,
+        None => device.first_channel,
+    };
+    let available = device.first_channel + device.channels - first;
+    if u16::from(channels) > available {
+        return Err(ControlError::invalid_argument(format!(
+            "a stereo track needs two channels; {input} offers {available}"
+        )));
+    }
+    Ok(if channels == 2 {
+        [first, first + 1]
+    } else {
+        [first, NO_INPUT]
+    })
+}
+
+/// The virtual graph's device list, for validating inputs before a session is active.
+pub(super) fn graph_devices(config: &Config) -> Vec<DeviceInfo> {
+    virtual_devices(&VirtualConfig {
+        sample_rate: config.audio.sample_rate,
+        period: config.audio.period,
+        signal: VirtualSignal::Tones,
+        input_count: config.engine.max_tracks as usize,
+    })
+}
+
+fn to_dbfs(linear: f32) -> f64 {
+    if linear <= 1e-6 {
+        -120.0
+    } else {
+        (20.0 * f64::from(linear).log10()).max(-120.0)
+    }
+}

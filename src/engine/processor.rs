@@ -1,0 +1,784 @@
+//! The real-time processor: applies commands, runs the transport, feeds capture rings and mixes
+//! the monitor output. Everything reachable from [`Processor::process`] is real-time safe: no
+//! allocation, lock, syscall, logging or panic.
+
+use std::sync::Arc;
+
+use rtrb::{Consumer, Producer};
+
+use super::messages::{
+    CaptureMarker, ControlToEngine, EngineToControl, TrackParams, TrackSlot, TransportState,
+    NO_INPUT,
+};
+use super::meter::Meter;
+use super::mixer::{add_scaled, audible, monitors_input, pan_gains};
+use super::shared::EngineShared;
+
+/// The backend's input channels for one period, planar. Implemented by each backend over its own
+/// buffers; the processor only reads.
+pub trait AudioInputs {
+    /// Number of input channels the backend offers this period.
+    fn channel_count(&self) -> usize;
+    /// Samples of channel `index` (`< channel_count()`) for the period. A slice shorter than the
+    /// period reads as silence after its end.
+    fn channel(&self, index: usize) -> &[f32];
+}
+
+/// Everything one call to [`Processor::process`] works on: the inputs and the master outputs.
+pub struct ProcessContext<'a> {
+    /// Frames in this period. Larger than the engine's `max_period` is allowed (processed in
+    /// chunks); larger than the master buffers is clamped to them.
+    pub frames: usize,
+    /// Backend input channels.
+    pub inputs: &'a dyn AudioInputs,
+    /// Master output, left; overwritten.
+    pub master_left: &'a mut [f32],
+    /// Master output, right; overwritten.
+    pub master_right: &'a mut [f32],
+}
+
+/// The open take of a track.
+#[derive(Clone, Copy, Debug)]
+struct Take {
+    /// Take-relative frames so far (samples delivered plus gaps).
+    len: u64,
+}
+
+/// Capture markers of one track not yet accepted by the marker queue, kept in contract order:
+/// `TakeStart`, then the gap, then `TakeEnd`. While anything is pending no samples are pushed
+/// (they become part of the gap), so the ordering contract of [`CaptureMarker`] always holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Backlog {
+    /// Timeline frame of a `TakeStart` still to push.
+    start: Option<u64>,
+    /// Take-relative frame where the pending gap starts.
+    gap_at: u64,
+    /// Length of the pending gap (0 = none).
+    gap_frames: u64,
+    /// Length of a closed take whose `TakeEnd` is still to push.
+    end: Option<u64>,
+}
+
+impl Backlog {
+    fn add_gap(&mut self, at: u64, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        if self.gap_frames == 0 {
+            self.gap_at = at;
+        }
+        self.gap_frames += frames;
+    }
+
+    /// Pushes what is pending, in order; the gap only if `with_gap` or a `TakeEnd` follows it.
+    /// Returns whether nothing that must precede new samples is left. Real-time safe.
+    fn flush(&mut self, track: u16, outlets: &mut Outlets, with_gap: bool) -> bool {
+        if let Some(frame) = self.start {
+            if !outlets.push_marker(CaptureMarker::TakeStart { track, frame }) {
+                return false;
+            }
+            self.start = None;
+        }
+        if self.gap_frames > 0 && (with_gap || self.end.is_some()) {
+            let (at, frames) = (self.gap_at, self.gap_frames);
+            if !outlets.push_marker(CaptureMarker::Gap { track, at, frames }) {
+                return false;
+            }
+            self.gap_frames = 0;
+            outlets.emit(EngineToControl::Overflow { track, at, frames });
+        }
+        if let Some(at) = self.end {
+            if !outlets.push_marker(CaptureMarker::TakeEnd { track, at }) {
+                return false;
+            }
+            self.end = None;
+        }
+        true
+    }
+}
+
+/// One track slot on the real-time side.
+struct TrackState {
+    slot: Option<Box<TrackSlot>>,
+    take: Option<Take>,
+    backlog: Backlog,
+    /// A slot waiting to be handed back in `TrackRetired` (the event queue was full, or its
+    /// `TakeEnd` is still pending). Never dropped here: dropping would free memory.
+    retired: Option<Box<TrackSlot>>,
+    meter: Meter,
+}
+
+/// The queues and atomics the processor reports through.
+struct Outlets {
+    events: Producer<EngineToControl>,
+    markers: Producer<CaptureMarker>,
+    shared: Arc<EngineShared>,
+}
+
+impl Outlets {
+    /// Sends an event, counting it as an overflow if the queue is full. Never used for
+    /// `TrackRetired` (whose box must not be dropped here). Real-time safe.
+    fn emit(&mut self, event: EngineToControl) {
+        if self.events.push(event).is_err() {
+            self.shared.add_event_overflow();
+        }
+    }
+
+    fn push_marker(&mut self, marker: CaptureMarker) -> bool {
+        self.markers.push(marker).is_ok()
+    }
+
+    /// Tries to hand a slot back; returns it if the event queue is full. Real-time safe.
+    fn retire(&mut self, track: u16, slot: Box<TrackSlot>) -> Option<Box<TrackSlot>> {
+        match self
+            .events
+            .push(EngineToControl::TrackRetired { track, slot })
+        {
+            Ok(()) => None,
+            Err(rtrb::PushError::Full(EngineToControl::TrackRetired { slot, .. })) => Some(slot),
+            // Only `TrackRetired` was pushed, so nothing else can come back.
+            Err(rtrb::PushError::Full(_)) => None,
+        }
+    }
+}
+
+/// Pre-allocated per-period work buffers (`max_period` frames each).
+struct Scratch {
+    left: Box<[f32]>,
+    right: Box<[f32]>,
+    interleaved: Box<[f32]>,
+}
+
+/// The engine's real-time half: lives on the audio thread and is driven by a backend calling
+/// [`process`](Processor::process) once per period. Created by [`engine`](super::engine).
+pub struct Processor {
+    commands: Consumer<ControlToEngine>,
+    outlets: Outlets,
+    tracks: Box<[TrackState]>,
+    /// An `InstallTrack` for a slot index out of range, waiting to be handed back.
+    rejected_install: Option<(u16, Box<TrackSlot>)>,
+    scratch: Scratch,
+    master_meters: [Meter; 2],
+    rms_coefficient: f64,
+    max_period: usize,
+    state: TransportState,
+    paused_from: TransportState,
+    position: u64,
+}
+
+/// Why a command applies now or later.
+enum Due {
+    /// Apply before rendering anything more.
+    Now,
+    /// Render this many frames first (the command's `at_frame` lies that far ahead).
+    After(u64),
+    /// Nothing queued.
+    Empty,
+}
+
+impl Processor {
+    /// Builds the processor around its queues and pre-allocates every buffer. **Not**
+    /// real-time safe (allocates); called by [`engine`](super::engine).
+    pub(crate) fn new(
+        sample_rate: u32,
+        max_period: usize,
+        max_tracks: usize,
+        commands: Consumer<ControlToEngine>,
+        events: Producer<EngineToControl>,
+        markers: Producer<CaptureMarker>,
+        shared: Arc<EngineShared>,
+    ) -> Self {
+        let max_period = max_period.max(1);
+        let tracks = (0..max_tracks)
+            .map(|_| TrackState {
+                slot: None,
+                take: None,
+                backlog: Backlog::default(),
+                retired: None,
+                meter: Meter::default(),
+            })
+            .collect();
+        Processor {
+            commands,
+            outlets: Outlets {
+                events,
+                markers,
+                shared,
+            },
+            tracks,
+            rejected_install: None,
+            scratch: Scratch {
+                left: vec![0.0; max_period].into_boxed_slice(),
+                right: vec![0.0; max_period].into_boxed_slice(),
+                interleaved: vec![0.0; 2 * max_period].into_boxed_slice(),
+            },
+            master_meters: [Meter::default(); 2],
+            rms_coefficient: Meter::coefficient(sample_rate),
+            max_period,
+            state: TransportState::Stopped,
+            paused_from: TransportState::Stopped,
+            position: 0,
+        }
+    }
+
+    /// The atomics this processor publishes. Real-time safe.
+    pub fn shared(&self) -> &Arc<EngineShared> {
+        &self.outlets.shared
+    }
+
+    /// Runs one period: retries pending markers and hand-backs, applies due commands (splitting
+    /// the period at their `at_frame`), captures armed tracks while recording and writes the
+    /// monitor mix to the master outputs. **Real-time safe**: no allocation, lock, syscall,
+    /// logging or panic; full queues are counted, never waited on.
+    pub fn process(&mut self, ctx: &mut ProcessContext<'_>) {
+        let frames = ctx
+            .frames
+            .min(ctx.master_left.len())
+            .min(ctx.master_right.len());
+        ctx.master_left[..frames].fill(0.0);
+        ctx.master_right[..frames].fill(0.0);
+        self.service_backlogs();
+
+        let mut done = 0;
+        while done < frames {
+            let chunk = (frames - done).min(self.max_period);
+            let segment = self.apply_due_commands(chunk);
+            let end = done + segment;
+            self.render(
+                ctx.inputs,
+                done,
+                &mut ctx.master_left[done..end],
+                &mut ctx.master_right[done..end],
+            );
+            done = end;
+        }
+        self.outlets.shared.set_position(self.position);
+    }
+
+    fn is_rolling(&self) -> bool {
+        matches!(
+            self.state,
+            TransportState::Playing | TransportState::Recording
+        )
+    }
+
+    /// Recording, or paused from recording: takes are open.
+    fn in_recording_run(&self) -> bool {
+        self.state == TransportState::Recording
+            || (self.state == TransportState::Paused
+                && self.paused_from == TransportState::Recording)
+    }
+
+    /// Retries every pending marker and hand-back. Real-time safe.
+    fn service_backlogs(&mut self) {
+        for index in 0..self.tracks.len() {
+            self.service_track(index);
+        }
+        self.service_rejected_install();
+    }
+
+    /// Retries handing back an `InstallTrack` slot whose index was out of range. Real-time safe.
+    fn service_rejected_install(&mut self) {
+        if let Some((track, slot)) = self.rejected_install.take() {
+            self.rejected_install = self.outlets.retire(track, slot).map(|slot| (track, slot));
+        }
+    }
+
+    /// Pushes a track's pending markers (a pending `TakeEnd` with the gap before it), then hands
+    /// back a retired slot once its `TakeEnd` is out. Real-time safe.
+    fn service_track(&mut self, index: usize) {
+        let track = slot_id(index);
+        let Some(state) = self.tracks.get_mut(index) else {
+            return;
+        };
+        if state.backlog.start.is_some() || state.backlog.end.is_some() {
+            state.backlog.flush(track, &mut self.outlets, false);
+        }
+        if state.backlog.end.is_none() {
+            if let Some(slot) = state.retired.take() {
+                state.retired = self.outlets.retire(track, slot);
+            }
+        }
+    }
+
+    /// Applies every command due before the next frame and returns how many frames (at most
+    /// `limit`, at least 1) to render before looking again. Real-time safe.
+    fn apply_due_commands(&mut self, limit: usize) -> usize {
+        loop {
+            match self.head_due() {
+                Due::Empty => return limit,
+                Due::After(frames) => {
+                    return usize::try_from(frames).map_or(limit, |frames| frames.min(limit));
+                }
+                Due::Now => {
+                    if !self.head_can_apply() {
+                        // Its slot is still being handed back: try again next period.
+                        return limit;
+                    }
+                    match self.commands.pop() {
+                        Ok(command) => self.apply(command),
+                        Err(_) => return limit,
+                    }
+                }
+            }
+        }
+    }
+
+    fn head_due(&self) -> Due {
+        let Ok(command) = self.commands.peek() else {
+            return Due::Empty;
+        };
+        let at_frame = match command {
+            ControlToEngine::SetTrack { at_frame, .. }
+            | ControlToEngine::Record { at_frame }
+            | ControlToEngine::Stop { at_frame } => *at_frame,
+            _ => None,
+        };
+        match at_frame {
+            // The timeline only reaches a future frame while rolling; otherwise apply now.
+            Some(frame) if self.is_rolling() && frame > self.position => {
+                Due::After(frame - self.position)
+            }
+            _ => Due::Now,
+        }
+    }
+
+    /// Whether the head command can be applied without dropping a box: a slot must not be
+    /// reused or parked while a previous one still waits there to be handed back.
+    fn head_can_apply(&self) -> bool {
+        match self.commands.peek() {
+            Ok(ControlToEngine::InstallTrack { track, .. }) => {
+                match self.tracks.get(usize::from(*track)) {
+                    Some(state) => state.retired.is_none() && state.backlog.end.is_none(),
+                    None => self.rejected_install.is_none(),
+                }
+            }
+            Ok(ControlToEngine::RemoveTrack { track }) => self
+                .tracks
+                .get(usize::from(*track))
+                .is_none_or(|state| state.retired.is_none()),
+            _ => true,
+        }
+    }
+
+    fn apply(&mut self, command: ControlToEngine) {
+        match command {
+            ControlToEngine::InstallTrack { track, slot } => self.install(track, slot),
+            ControlToEngine::RemoveTrack { track } => self.remove(track),
+            ControlToEngine::SetTrack { track, params, .. } => self.set_track(track, params),
+            ControlToEngine::Record { .. } => self.record(),
+            ControlToEngine::Play => self.play(),
+            ControlToEngine::Pause => self.pause(),
+            ControlToEngine::Resume => self.resume(),
+            ControlToEngine::Stop { .. } => self.stop(),
+            ControlToEngine::Seek { frame } => self.seek(frame),
+        }
+    }
+
+    fn reject(&mut self, reason: &'static str) {
+        self.outlets.emit(EngineToControl::Rejected { reason });
+    }
+
+    fn set_state(&mut self, state: TransportState) {
+        self.state = state;
+        self.outlets.shared.set_state(state);
+        self.outlets.emit(EngineToControl::State {
+            state,
+            frame: self.position,
+        });
+    }
+
+    fn install(&mut self, track: u16, slot: Box<TrackSlot>) {
+        let index = usize::from(track);
+        let Some(state) = self.tracks.get_mut(index) else {
+            self.rejected_install = Some((track, slot));
+            self.reject("track slot out of range");
+            self.service_rejected_install();
+            return;
+        };
+        if state.slot.is_some() {
+            state.retired = Some(slot);
+            self.reject("track slot occupied");
+            self.service_track(index);
+            return;
+        }
+        let opens_take = slot.params.armed;
+        state.slot = Some(slot);
+        state.take = None;
+        state.backlog = Backlog::default();
+        state.meter = Meter::default();
+        if let Some(cell) = self.outlets.shared.track_cell(index) {
+            cell.clear();
+        }
+        if opens_take && self.in_recording_run() {
+            self.open_take(index);
+        }
+    }
+
+    fn remove(&mut self, track: u16) {
+        let index = usize::from(track);
+        let occupied = self
+            .tracks
+            .get(index)
+            .is_some_and(|state| state.slot.is_some());
+        if !occupied {
+            self.reject("no track in that slot");
+            return;
+        }
+        self.close_take(index);
+        if let Some(state) = self.tracks.get_mut(index) {
+            state.retired = state.slot.take();
+        }
+        self.service_track(index);
+    }
+
+    fn set_track(&mut self, track: u16, params: TrackParams) {
+        let index = usize::from(track);
+        let recording = self.in_recording_run();
+        let Some(state) = self.tracks.get_mut(index) else {
+            self.reject("no track in that slot");
+            return;
+        };
+        let Some(slot) = state.slot.as_deref_mut() else {
+            self.reject("no track in that slot");
+            return;
+        };
+        if slot.params.channels != params.channels {
+            self.reject("a track's channel count cannot change");
+            return;
+        }
+        let arming = params.armed && !slot.params.armed;
+        let disarming = !params.armed && slot.params.armed;
+        let backlogged = state.backlog.end.is_some();
+        if arming && recording && backlogged {
+            self.reject("capture writer is behind: take end still pending");
+            return;
+        }
+        slot.params = params;
+        if arming && recording {
+            self.open_take(index);
+        } else if disarming {
+            self.close_take(index);
+        }
+    }
+
+    fn record(&mut self) {
+        match self.state {
+            TransportState::Stopped | TransportState::Playing => {}
+            TransportState::Recording => return self.reject("already recording"),
+            TransportState::Paused => return self.reject("paused: resume or stop first"),
+        }
+        let backlogged = self.tracks.iter().any(|state| {
+            state.backlog.end.is_some() && state.slot.as_ref().is_some_and(|s| s.params.armed)
+        });
+        if backlogged {
+            return self.reject("capture writer is behind: take end still pending");
+        }
+        self.set_state(TransportState::Recording);
+        for index in 0..self.tracks.len() {
+            let armed = self
+                .tracks
+                .get(index)
+                .is_some_and(|state| state.slot.as_ref().is_some_and(|slot| slot.params.armed));
+            if armed {
+                self.open_take(index);
+            }
+        }
+    }
+
+    fn play(&mut self) {
+        match self.state {
+            TransportState::Playing => self.reject("already playing"),
+            TransportState::Stopped => self.set_state(TransportState::Playing),
+            TransportState::Recording | TransportState::Paused => {
+                self.close_all_takes();
+                self.set_state(TransportState::Playing);
+            }
+        }
+    }
+
+    fn pause(&mut self) {
+        if self.is_rolling() {
+            self.paused_from = self.state;
+            self.set_state(TransportState::Paused);
+        } else {
+            self.reject("not rolling");
+        }
+    }
+
+    fn resume(&mut self) {
+        if self.state == TransportState::Paused {
+            self.set_state(self.paused_from);
+        } else {
+            self.reject("not paused");
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.state == TransportState::Stopped {
+            return self.reject("already stopped");
+        }
+        self.close_all_takes();
+        self.set_state(TransportState::Stopped);
+    }
+
+    fn seek(&mut self, frame: u64) {
+        if self.in_recording_run() {
+            return self.reject("cannot seek while recording");
+        }
+        self.position = frame;
+        self.outlets.shared.set_position(frame);
+    }
+
+    /// Opens a take at the current position: `TakeStart` marker (or pending) and event.
+    fn open_take(&mut self, index: usize) {
+        let track = slot_id(index);
+        let frame = self.position;
+        let Some(state) = self.tracks.get_mut(index) else {
+            return;
+        };
+        state.take = Some(Take { len: 0 });
+        state.backlog.start = Some(frame);
+        state.backlog.flush(track, &mut self.outlets, false);
+        self.outlets
+            .emit(EngineToControl::TakeStarted { track, frame });
+    }
+
+    /// Closes a track's take, if open: pending gap, then `TakeEnd` (kept pending if the marker
+    /// queue is full), then the event.
+    fn close_take(&mut self, index: usize) {
+        let track = slot_id(index);
+        let frame = self.position;
+        let Some(state) = self.tracks.get_mut(index) else {
+            return;
+        };
+        let Some(take) = state.take.take() else {
+            return;
+        };
+        state.backlog.end = Some(take.len);
+        state.backlog.flush(track, &mut self.outlets, true);
+        self.outlets.emit(EngineToControl::TakeEnded {
+            track,
+            frame,
+            frames: take.len,
+        });
+    }
+
+    fn close_all_takes(&mut self) {
+        for index in 0..self.tracks.len() {
+            self.close_take(index);
+        }
+    }
+
+    /// Renders `left.len()` frames starting `offset` frames into the period. Real-time safe.
+    fn render(
+        &mut self,
+        inputs: &dyn AudioInputs,
+        offset: usize,
+        left: &mut [f32],
+        right: &mut [f32],
+    ) {
+        let frames = left.len().min(right.len()).min(self.max_period);
+        let capturing = self.state == TransportState::Recording;
+        let any_soloed = self
+            .tracks
+            .iter()
+            .any(|state| state.slot.as_ref().is_some_and(|slot| slot.params.soloed));
+        let mut clips = 0;
+        for (index, state) in self.tracks.iter_mut().enumerate() {
+            clips += render_track(
+                state,
+                slot_id(index),
+                TrackRender {
+                    inputs,
+                    offset,
+                    frames,
+                    capturing,
+                    any_soloed,
+                    rms_coefficient: self.rms_coefficient,
+                },
+                &mut self.outlets,
+                &mut self.scratch,
+                &mut left[..frames],
+                &mut right[..frames],
+            );
+        }
+        let shared = &self.outlets.shared;
+        let mut master_clips = 0;
+        for (side, out) in [&left[..frames], &right[..frames]].into_iter().enumerate() {
+            if let Some(meter) = self.master_meters.get_mut(side) {
+                let level = meter.feed_mono(out, self.rms_coefficient);
+                master_clips += level.clips;
+                if let Some(cell) = shared.master_cell(side) {
+                    cell.publish(level.peak, meter.rms());
+                }
+            }
+        }
+        shared.add_clips(clips);
+        shared.add_master_clips(master_clips);
+        let frames = frames as u64;
+        if capturing {
+            shared.add_recorded(frames);
+        }
+        if self.is_rolling() {
+            self.position = self.position.saturating_add(frames);
+        }
+    }
+}
+
+/// The per-segment values every track render needs.
+#[derive(Clone, Copy)]
+struct TrackRender<'a> {
+    inputs: &'a dyn AudioInputs,
+    offset: usize,
+    frames: usize,
+    capturing: bool,
+    any_soloed: bool,
+    rms_coefficient: f64,
+}
+
+/// Slot index as the `u16` used in messages (slots are created from `u16` indices).
+fn slot_id(index: usize) -> u16 {
+    u16::try_from(index).unwrap_or(u16::MAX)
+}
+
+/// Reads one input channel (`NO_INPUT` or unknown → silence) times `gain` into `dst`.
+/// Real-time safe.
+fn read_input(inputs: &dyn AudioInputs, channel: u16, offset: usize, gain: f32, dst: &mut [f32]) {
+    let channel = usize::from(channel);
+    let source: &[f32] = if channel == usize::from(NO_INPUT) || channel >= inputs.channel_count() {
+        &[]
+    } else {
+        inputs.channel(channel).get(offset..).unwrap_or(&[])
+    };
+    let available = source.len().min(dst.len());
+    for (d, s) in dst.iter_mut().zip(&source[..available]) {
+        *d = s * gain;
+    }
+    dst[available..].fill(0.0);
+}
+
+/// Meters, captures and mixes one track for one segment; returns its clipped samples.
+/// Real-time safe.
+fn render_track(
+    state: &mut TrackState,
+    track: u16,
+    job: TrackRender<'_>,
+    outlets: &mut Outlets,
+    scratch: &mut Scratch,
+    master_left: &mut [f32],
+    master_right: &mut [f32],
+) -> u64 {
+    let Some(slot) = state.slot.as_deref_mut() else {
+        return 0;
+    };
+    let params = slot.params;
+    let stereo = params.channels >= 2;
+    let frames = job.frames.min(scratch.left.len());
+    let left = &mut scratch.left[..frames];
+    let right = &mut scratch.right[..frames];
+    read_input(
+        job.inputs,
+        params.input[0],
+        job.offset,
+        params.input_gain,
+        left,
+    );
+    let level = if stereo {
+        read_input(
+            job.inputs,
+            params.input[1],
+            job.offset,
+            params.input_gain,
+            right,
+        );
+        state.meter.feed_stereo(left, right, job.rms_coefficient)
+    } else {
+        state.meter.feed_mono(left, job.rms_coefficient)
+    };
+    if let Some(cell) = outlets.shared.track_cell(usize::from(track)) {
+        cell.publish(level.peak, state.meter.rms());
+    }
+
+    if job.capturing {
+        if let Some(take) = state.take.as_mut() {
+            let channels = if stereo { 2 } else { 1 };
+            let samples = if stereo {
+                let interleaved = &mut scratch.interleaved[..2 * frames];
+                for (pair, (l, r)) in interleaved
+                    .chunks_exact_mut(2)
+                    .zip(left.iter().zip(right.iter()))
+                {
+                    pair[0] = *l;
+                    pair[1] = *r;
+                }
+                &scratch.interleaved[..2 * frames]
+            } else {
+                &scratch.left[..frames]
+            };
+            capture(
+                take,
+                &mut state.backlog,
+                &mut slot.capture,
+                track,
+                channels,
+                samples,
+                outlets,
+            );
+        }
+    }
+
+    if monitors_input(params.monitoring, params.armed)
+        && audible(params.muted, params.soloed, job.any_soloed)
+    {
+        let (gain_left, gain_right) = pan_gains(params.pan);
+        let (gain_left, gain_right) = (gain_left * params.level, gain_right * params.level);
+        let left = &scratch.left[..frames];
+        let right = if stereo {
+            &scratch.right[..frames]
+        } else {
+            left
+        };
+        add_scaled(master_left, left, gain_left);
+        add_scaled(master_right, right, gain_right);
+    }
+    level.clips
+}
+
+/// Pushes whole frames of `samples` (interleaved, `channels` per frame) to a capture ring;
+/// what does not fit, or cannot follow yet because a marker is pending, becomes a gap.
+/// Real-time safe.
+fn capture(
+    take: &mut Take,
+    backlog: &mut Backlog,
+    ring: &mut Producer<f32>,
+    track: u16,
+    channels: usize,
+    samples: &[f32],
+    outlets: &mut Outlets,
+) {
+    let frames = samples.len() / channels;
+    let fit = ring.slots() / channels;
+    let mut pushed = 0;
+    if fit > 0 && backlog.flush(track, outlets, true) {
+        pushed = fit.min(frames);
+        if ring
+            .push_entire_slice(&samples[..pushed * channels])
+            .is_err()
+        {
+            pushed = 0;
+        }
+    }
+    let lost = (frames - pushed) as u64;
+    backlog.add_gap(take.len + pushed as u64, lost);
+    if lost > 0 {
+        outlets.shared.add_dropped(lost);
+    }
+    take.len += frames as u64;
+    let capacity = ring.buffer().capacity();
+    if capacity > 0 {
+        outlets
+            .shared
+            .note_headroom(ring.slots() as f32 / capacity as f32);
+    }
+}
