@@ -80,8 +80,6 @@ impl From<zbus::Error> for ClientError {
 /// A connection to the daemon.
 pub struct Client {
     connection: Connection,
-    /// Whether the connection is peer-to-peer (no destination names).
-    peer_to_peer: bool,
 }
 
 impl Client {
@@ -113,10 +111,7 @@ impl Client {
                         message: format!("no overdub daemon owns {BUS_NAME} on that bus"),
                     });
                 }
-                return Ok(Client {
-                    connection,
-                    peer_to_peer: false,
-                });
+                return Ok(Client { connection });
             }
         }
         let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| ClientError {
@@ -130,10 +125,7 @@ impl Client {
             .p2p()
             .build()
             .await?;
-        Ok(Client {
-            connection,
-            peer_to_peer: true,
-        })
+        Ok(Client { connection })
     }
 
     /// A proxy for `interface` at `path`.
@@ -141,12 +133,8 @@ impl Client {
         let builder = zbus::proxy::Builder::<Proxy<'static>>::new(&self.connection)
             .path(path.to_string())
             .interface(interface.to_string())
-            .cache_properties(zbus::proxy::CacheProperties::No);
-        let builder = if self.peer_to_peer {
-            builder
-        } else {
-            builder.destination(BUS_NAME)
-        };
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .destination(BUS_NAME);
         Ok(builder.build().await?)
     }
 

@@ -103,9 +103,13 @@ pub async fn serve_on_bus(
         }
     };
     export_all(&connection, control).await?;
-    let reply = connection
+    let reply = match connection
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
-        .await?;
+        .await
+    {
+        Err(zbus::Error::NameTaken) => return Err(DbusError::NameTaken),
+        other => other?,
+    };
     if !matches!(reply, RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) {
         return Err(DbusError::NameTaken);
     }
@@ -153,17 +157,47 @@ pub async fn serve_peer_to_peer(socket: &Path, control: &Control) -> Result<(), 
     Ok(())
 }
 
+/// One peer-to-peer client. Every object is registered on the builder, so it exists before
+/// the connection reads the client's first message (a call that arrived before the object
+/// server was set up would otherwise never be dispatched).
 async fn serve_peer(stream: tokio::net::UnixStream, control: Control) -> Result<(), DbusError> {
     let stream = stream
         .into_std()
         .map_err(|e| DbusError::Other(e.to_string()))?;
-    let connection = connection::Builder::unix_stream(stream)
+    let mut builder = connection::Builder::unix_stream(stream)
         .server(zbus::Guid::generate())
         .p2p()
-        .build()
-        .await?;
-    export_all(&connection, &control).await?;
-    relay_events(connection, control).await;
+        .serve_at(ROOT_PATH, ObjectManager)
+        .serve_at(
+            ROOT_PATH,
+            Manager {
+                control: control.clone(),
+            },
+        );
+    for id in control.active_sessions().await {
+        let Ok(info) = control.session(&id).await else {
+            continue;
+        };
+        builder = builder.serve_at(
+            session_path(&id),
+            Session {
+                control: control.clone(),
+                id: id.clone(),
+            },
+        );
+        for track in info.tracks {
+            builder = builder.serve_at(
+                track_path(&id, track.index),
+                Track {
+                    control: control.clone(),
+                    id: id.clone(),
+                    index: track.index,
+                },
+            );
+        }
+    }
+    let connection = builder.build().await?;
+    tokio::spawn(relay_events(connection, control));
     Ok(())
 }
 
@@ -241,11 +275,16 @@ async fn unexport_session(connection: &Connection, control: &Control, id: &str) 
     Ok(())
 }
 
-/// Turns control events into signals on `connection` until it closes.
+/// Turns control events into signals on `connection` until it closes (a peer-to-peer client
+/// that disconnects takes its relay with it, so connections never accumulate).
 async fn relay_events(connection: Connection, control: Control) {
     let mut events = control.subscribe();
     loop {
-        let event = match events.recv().await {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            () = connection.closed() => return,
+        };
+        let event = match received {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "D-Bus relay fell behind; re-exporting objects");
@@ -255,9 +294,6 @@ async fn relay_events(connection: Connection, control: Control) {
             Err(RecvError::Closed) => return,
         };
         if let Err(e) = relay(&connection, &control, event).await {
-            if matches!(e, zbus::Error::InputOutput(_)) {
-                return;
-            }
             tracing::debug!("D-Bus relay: {e}");
         }
     }
