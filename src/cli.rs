@@ -377,7 +377,11 @@ async fn session_command(client: &Client, command: SessionCommand) -> Result<(),
                     println!(
                         "{:<14} {:<7} {:>6}  {}",
                         row["id"].as_str().unwrap_or(""),
-                        if row["active"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                        if row["active"].as_bool().unwrap_or(false) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
                         row["tracks"].as_u64().unwrap_or(0),
                         row["name"].as_str().unwrap_or("")
                     );
@@ -452,7 +456,15 @@ async fn track_set(client: &Client, set: TrackSet) -> Result<(), CliError> {
     // Parse everything before changing anything.
     let gain = set.gain.as_deref().map(parse_level).transpose()?;
     let level = set.level.as_deref().map(parse_level).transpose()?;
-    let flag = |on: bool, off: bool| if on { Some(true) } else if off { Some(false) } else { None };
+    let flag = |on: bool, off: bool| {
+        if on {
+            Some(true)
+        } else if off {
+            Some(false)
+        } else {
+            None
+        }
+    };
     let mut changes: Vec<(&str, Change)> = Vec::new();
     if let Some(name) = set.name {
         changes.push(("Name", Change::Text(name)));
@@ -551,7 +563,13 @@ fn print_session(session: &Json) {
         "#", "NAME", "ARMED", "GAIN", "LEVEL", "PAN", "MUTE", "SOLO", "MONITOR"
     );
     for t in session["tracks"].as_array().into_iter().flatten() {
-        let yes = |key: &str| if t[key].as_bool().unwrap_or(false) { "yes" } else { "-" };
+        let yes = |key: &str| {
+            if t[key].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                "-"
+            }
+        };
         println!(
             "{:>3}  {:<20} {:<5} {:>6.2} {:>6.2} {:>5.2}  {:<5} {:<5} {:<8} {}",
             t["index"].as_u64().unwrap_or(0),

@@ -229,8 +229,7 @@ impl Config {
         if !(1..=64).contains(&self.engine.max_active_sessions) {
             return bad("engine.max_active_sessions", "must be 1–64");
         }
-        if self.session.default_tracks < 1 || self.session.default_tracks > self.engine.max_tracks
-        {
+        if self.session.default_tracks < 1 || self.session.default_tracks > self.engine.max_tracks {
             return bad("session.default_tracks", "must be 1–engine.max_tracks");
         }
         if self.session.default_armed > self.session.default_tracks {

@@ -54,8 +54,12 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     }
     let log = init_logging(&config.daemon.log_level);
     let data_dir = default_data_dir(options.data_dir.as_deref(), &config).map_err(fail)?;
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| fail(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        fail(format!(
+            "cannot create data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
     let _lock = lock_data_dir(&data_dir)?;
     if config.audio.backend == "auto" {
         tracing::info!("backend auto: this build has no JACK, PipeWire or ALSA support; using the virtual graph");
@@ -141,7 +145,12 @@ fn init_logging(level: &str) -> LogHandle {
 }
 
 /// SIGHUP: re-reads the config file and applies what can change live.
-async fn reload(control: &Control, explicit: Option<&Path>, loaded: Option<&Path>, log: &LogHandle) {
+async fn reload(
+    control: &Control,
+    explicit: Option<&Path>,
+    loaded: Option<&Path>,
+    log: &LogHandle,
+) {
     notify("RELOADING=1");
     let result = match explicit.or(loaded) {
         Some(path) => Config::from_file(path).map(|c| (c, Some(path.to_path_buf()))),
@@ -169,7 +178,12 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, DaemonError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| fail(format!("cannot write in data directory {}: {e}", data_dir.display())))?;
+        .map_err(|e| {
+            fail(format!(
+                "cannot write in data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
     // SAFETY: flock on a file descriptor we own and keep open for the daemon's lifetime.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !locked {

@@ -59,11 +59,30 @@ fn bad_values_names_ids_and_states_are_refused_and_change_nothing() {
         let err = daemon.cli_err(&["track", "set", "1", flag, value]);
         assert!(err.contains("invalid_argument"), "{flag} {value}: {err}");
     }
-    for (property, value) in [("Level", "nan"), ("Pan", "-inf"), ("InputGain", "-0.1"), ("Level", "3")] {
-        let err = busctl_err(&bus, &["set-property", NAME, &track1, TRACK, property, "d", value]);
+    for (property, value) in [
+        ("Level", "nan"),
+        ("Pan", "-inf"),
+        ("InputGain", "-0.1"),
+        ("Level", "3"),
+    ] {
+        let err = busctl_err(
+            &bus,
+            &["set-property", NAME, &track1, TRACK, property, "d", value],
+        );
         assert!(err.contains("must be"), "{property}={value}: {err}");
     }
-    let err = busctl_err(&bus, &["set-property", NAME, &track1, TRACK, "Monitoring", "s", "loud"]);
+    let err = busctl_err(
+        &bus,
+        &[
+            "set-property",
+            NAME,
+            &track1,
+            TRACK,
+            "Monitoring",
+            "s",
+            "loud",
+        ],
+    );
     assert!(err.contains("monitoring"), "{err}");
 
     // Names: empty, 10 000 characters, control characters; a duplicate track name.
@@ -84,12 +103,43 @@ fn bad_values_names_ids_and_states_are_refused_and_change_nothing() {
     assert!(err.contains("not_found"), "{err}");
     let err = daemon.cli_err(&["record", "--session", "ffffffffffff"]);
     assert!(err.contains("not_found"), "{err}");
-    let err = busctl_err(&bus, &["call", NAME, "/org/overdub/Overdub1", "org.overdub.Overdub1.Manager", "OpenSession", "s", "nope"]);
+    let err = busctl_err(
+        &bus,
+        &[
+            "call",
+            NAME,
+            "/org/overdub/Overdub1",
+            "org.overdub.Overdub1.Manager",
+            "OpenSession",
+            "s",
+            "nope",
+        ],
+    );
     assert!(err.contains("no session"), "{err}");
-    let err = busctl_err(&bus, &["call", NAME, "/org/overdub/Overdub1/session/nope", "org.overdub.Overdub1.Session", "Record"]);
+    let err = busctl_err(
+        &bus,
+        &[
+            "call",
+            NAME,
+            "/org/overdub/Overdub1/session/nope",
+            "org.overdub.Overdub1.Session",
+            "Record",
+        ],
+    );
     assert!(!err.is_empty());
     let session = format!("/org/overdub/Overdub1/session/{id}");
-    let err = busctl_err(&bus, &["call", NAME, &session, "org.overdub.Overdub1.Session", "RemoveTrack", "o", "/org/overdub/Overdub1/session/other/track/1"]);
+    let err = busctl_err(
+        &bus,
+        &[
+            "call",
+            NAME,
+            &session,
+            "org.overdub.Overdub1.Session",
+            "RemoveTrack",
+            "o",
+            "/org/overdub/Overdub1/session/other/track/1",
+        ],
+    );
     assert!(err.contains("not a track"), "{err}");
 
     // Track counts: 0 and above the configured maximum; unknown and mistyped options.
@@ -97,21 +147,67 @@ fn bad_values_names_ids_and_states_are_refused_and_change_nothing() {
         let err = daemon.cli_err(&["session", "create", "n", "--tracks", tracks]);
         assert!(err.contains("invalid_argument"), "tracks {tracks}: {err}");
     }
-    let err = busctl_err(&bus, &["call", NAME, "/org/overdub/Overdub1", "org.overdub.Overdub1.Manager", "CreateSession", "sa{sv}", "n", "1", "tracks", "s", "four"]);
+    let err = busctl_err(
+        &bus,
+        &[
+            "call",
+            NAME,
+            "/org/overdub/Overdub1",
+            "org.overdub.Overdub1.Manager",
+            "CreateSession",
+            "sa{sv}",
+            "n",
+            "1",
+            "tracks",
+            "s",
+            "four",
+        ],
+    );
     assert!(err.contains("unsigned integer"), "{err}");
-    let err = busctl_err(&bus, &["call", NAME, "/org/overdub/Overdub1", "org.overdub.Overdub1.Manager", "CreateSession", "sa{sv}", "n", "1", "colour", "s", "red"]);
+    let err = busctl_err(
+        &bus,
+        &[
+            "call",
+            NAME,
+            "/org/overdub/Overdub1",
+            "org.overdub.Overdub1.Manager",
+            "CreateSession",
+            "sa{sv}",
+            "n",
+            "1",
+            "colour",
+            "s",
+            "red",
+        ],
+    );
     assert!(err.contains("unknown option"), "{err}");
 
     // Nothing above changed the session, and no session was created.
-    assert_eq!(daemon.cli_json(&["session", "show", "--json"])["tracks"], before["tracks"]);
-    assert_eq!(daemon.cli_json(&["session", "list", "--json"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        daemon.cli_json(&["session", "show", "--json"])["tracks"],
+        before["tracks"]
+    );
+    assert_eq!(
+        daemon
+            .cli_json(&["session", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Record with nothing armed: an error, not a silent empty recording.
     daemon.cli(&["track", "set", "1", "--disarm"]);
     daemon.cli(&["track", "set", "2", "--disarm"]);
     let err = daemon.cli_err(&["record"]);
-    assert!(err.contains("invalid_state") && err.contains("armed"), "{err}");
-    assert_eq!(daemon.cli_json(&["session", "show", "--json"])["state"], "stopped");
+    assert!(
+        err.contains("invalid_state") && err.contains("armed"),
+        "{err}"
+    );
+    assert_eq!(
+        daemon.cli_json(&["session", "show", "--json"])["state"],
+        "stopped"
+    );
     assert!(daemon.takes().is_empty());
 
     // Wrong-state transport verbs.
@@ -153,5 +249,9 @@ fn bad_values_names_ids_and_states_are_refused_and_change_nothing() {
     // Stopped now: delete works and removes the files.
     daemon.cli(&["session", "delete", id]);
     assert!(!daemon.takes_dir(id).exists());
-    assert!(daemon.cli_json(&["session", "list", "--json"]).as_array().unwrap().is_empty());
+    assert!(daemon
+        .cli_json(&["session", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

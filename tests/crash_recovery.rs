@@ -35,11 +35,20 @@ fn kill_minus_nine_five_times_loses_no_take() {
         // The session came back active, with its id.
         assert_eq!(daemon.session_id(), id, "round {round}");
         let takes = daemon.takes();
-        assert_eq!(takes.len(), 2 * round, "round {round}: every take journaled");
+        assert_eq!(
+            takes.len(),
+            2 * round,
+            "round {round}: every take journaled"
+        );
         for (n, take) in takes.iter().enumerate() {
             assert_eq!(take.status, "recovered", "round {round}: take {}", take.id);
             let wav = read_wav(&take.path);
-            assert_eq!(wav.frames() as u64, take.frames, "round {round}: take {}", take.id);
+            assert_eq!(
+                wav.frames() as u64,
+                take.frames,
+                "round {round}: take {}",
+                take.id
+            );
             let (rate, channels, bits, samples) = sox_info(&take.path);
             assert_eq!((rate, channels, bits, samples), (RATE, 1, 24, take.frames));
             let min = expected_min_frames[n / 2];
@@ -67,8 +76,22 @@ fn sessions_and_track_settings_survive_a_restart() {
     let mut daemon = Daemon::start(&reach, &data, &Settings::default());
     daemon.cli(&["session", "create", "keeper", "--tracks", "3"]);
     daemon.cli(&[
-        "track", "set", "2", "--name", "Bass DI", "--level", "-6dB", "--pan", "-0.25", "--gain",
-        "1.5", "--mute", "--monitor", "input", "--input", "Virtual Microphone 1",
+        "track",
+        "set",
+        "2",
+        "--name",
+        "Bass DI",
+        "--level",
+        "-6dB",
+        "--pan",
+        "-0.25",
+        "--gain",
+        "1.5",
+        "--mute",
+        "--monitor",
+        "input",
+        "--input",
+        "Virtual Microphone 1",
     ]);
     daemon.cli(&["track", "set", "Track 3", "--solo", "--arm"]);
     daemon.cli(&["track", "set", "1", "--disarm"]);
@@ -100,5 +123,8 @@ fn sessions_and_track_settings_survive_a_restart() {
     assert_eq!(list[0]["active"], false);
     daemon.cli_err(&["session", "show"]);
     daemon.cli(&["session", "open", &id]);
-    assert_eq!(daemon.cli_json(&["session", "show", "--json"])["tracks"], before["tracks"]);
+    assert_eq!(
+        daemon.cli_json(&["session", "show", "--json"])["tracks"],
+        before["tracks"]
+    );
 }

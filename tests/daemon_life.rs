@@ -27,11 +27,16 @@ fn failing_start(reach: &Reach, data_dir: &Path, settings: &Settings) -> String 
             command.args(["--bus-address", address]);
         }
         Reach::PeerToPeer(dir) => {
-            command.env_remove("DBUS_SESSION_BUS_ADDRESS").env("XDG_RUNTIME_DIR", dir);
+            command
+                .env_remove("DBUS_SESSION_BUS_ADDRESS")
+                .env("XDG_RUNTIME_DIR", dir);
         }
     }
     let out = command.output().unwrap();
-    assert!(!out.status.success(), "the daemon should have refused to start");
+    assert!(
+        !out.status.success(),
+        "the daemon should have refused to start"
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 
@@ -46,7 +51,10 @@ impl Tmpfs {
             .arg(dir)
             .status()
             .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root (tests run as root in CI)");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (tests run as root in CI)"
+        );
         Tmpfs(dir.to_path_buf())
     }
 }
@@ -64,7 +72,10 @@ fn without_a_bus_the_daemon_serves_peer_to_peer_and_the_cli_follows() {
     std::fs::create_dir_all(&runtime).unwrap();
     let reach = Reach::PeerToPeer(runtime.clone());
     let mut daemon = Daemon::start(&reach, &dir.path().join("data"), &Settings::default());
-    assert!(runtime.join("overdub/bus").exists(), "socket in $XDG_RUNTIME_DIR/overdub/bus");
+    assert!(
+        runtime.join("overdub/bus").exists(),
+        "socket in $XDG_RUNTIME_DIR/overdub/bus"
+    );
     daemon.cli(&["session", "create", "no bus", "--tracks", "1"]);
     daemon.cli(&["record"]);
     sleep(0.5);
@@ -75,7 +86,10 @@ fn without_a_bus_the_daemon_serves_peer_to_peer_and_the_cli_follows() {
     let err = failing_start(&reach, &dir.path().join("data2"), &Settings::default());
     assert!(err.contains("already serves"), "{err}");
     daemon.terminate();
-    assert!(!runtime.join("overdub/bus").exists(), "socket removed at exit");
+    assert!(
+        !runtime.join("overdub/bus").exists(),
+        "socket removed at exit"
+    );
 }
 
 #[test]
@@ -87,7 +101,11 @@ fn a_second_daemon_is_refused_on_the_same_bus_name_or_data_dir() {
     let err = failing_start(&reach, &dir.path().join("other/data"), &Settings::default());
     assert!(err.contains("already owns org.overdub.Overdub1"), "{err}");
     let other_bus = Bus::start();
-    let err = failing_start(&Reach::Bus(other_bus.address.clone()), &dir.path().join("data"), &Settings::default());
+    let err = failing_start(
+        &Reach::Bus(other_bus.address.clone()),
+        &dir.path().join("data"),
+        &Settings::default(),
+    );
     assert!(err.contains("is using the data directory"), "{err}");
 }
 
@@ -99,7 +117,9 @@ fn sigterm_mid_take_finalizes_the_takes_and_exits_zero() {
     let data = dir.path().join("data");
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let settings = Settings {
         flush_interval: 30.0,
         ..Settings::default()
@@ -139,13 +159,25 @@ fn sigterm_mid_take_finalizes_the_takes_and_exits_zero() {
 fn sighup_reloads_the_config() {
     let bus = Bus::start();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&Reach::Bus(bus.address.clone()), &dir.path().join("data"), &Settings::default());
-    std::fs::write(&daemon.config, "[capture]\nflush_interval = 0.5\n[daemon]\nlog_level = \"debug\"\n").unwrap();
+    let daemon = Daemon::start(
+        &Reach::Bus(bus.address.clone()),
+        &dir.path().join("data"),
+        &Settings::default(),
+    );
+    std::fs::write(
+        &daemon.config,
+        "[capture]\nflush_interval = 0.5\n[daemon]\nlog_level = \"debug\"\n",
+    )
+    .unwrap();
     // SAFETY: kill(2) on our child's PID.
     unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !daemon.log().contains("configuration reloaded") {
-        assert!(std::time::Instant::now() < deadline, "no reload:\n{}", daemon.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            daemon.log()
+        );
         sleep(0.05);
     }
     // A bad file is refused and the daemon keeps running on the old values.
@@ -154,7 +186,11 @@ fn sighup_reloads_the_config() {
     unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !daemon.log().contains("configuration not reloaded") {
-        assert!(std::time::Instant::now() < deadline, "no refusal:\n{}", daemon.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal:\n{}",
+            daemon.log()
+        );
         sleep(0.05);
     }
     daemon.cli(&["status"]);
@@ -168,10 +204,21 @@ fn a_corrupt_database_is_a_clear_error_and_is_not_overwritten() {
     std::fs::create_dir_all(&data).unwrap();
     let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(data.join("overdub.db"), &garbage).unwrap();
-    let err = failing_start(&Reach::Bus(bus.address.clone()), &data, &Settings::default());
+    let err = failing_start(
+        &Reach::Bus(bus.address.clone()),
+        &data,
+        &Settings::default(),
+    );
     assert!(err.contains("overdub.db"), "names the file: {err}");
-    assert!(err.to_lowercase().contains("corrupt") || err.contains("not a database"), "{err}");
-    assert_eq!(std::fs::read(data.join("overdub.db")).unwrap(), garbage, "file untouched");
+    assert!(
+        err.to_lowercase().contains("corrupt") || err.contains("not a database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("overdub.db")).unwrap(),
+        garbage,
+        "file untouched"
+    );
 }
 
 #[test]
@@ -180,9 +227,19 @@ fn a_read_only_data_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ro");
     let _mount = Tmpfs::mount(&data, "ro,size=1m");
-    let err = failing_start(&Reach::Bus(bus.address.clone()), &data, &Settings::default());
-    assert!(err.contains(&data.display().to_string()), "names the directory: {err}");
-    assert!(err.contains("Read-only") || err.contains("read-only"), "{err}");
+    let err = failing_start(
+        &Reach::Bus(bus.address.clone()),
+        &data,
+        &Settings::default(),
+    );
+    assert!(
+        err.contains(&data.display().to_string()),
+        "names the directory: {err}"
+    );
+    assert!(
+        err.contains("Read-only") || err.contains("read-only"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -210,7 +267,11 @@ fn a_filling_disk_stops_recording_cleanly_and_refuses_more() {
     daemon.cli(&["record"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while daemon.cli_json(&["session", "show", "--json"])["state"] != "stopped" {
-        assert!(std::time::Instant::now() < deadline, "recording did not stop:\n{}", daemon.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recording did not stop:\n{}",
+            daemon.log()
+        );
         sleep(0.1);
     }
     assert!(daemon.log().contains("almost full"), "{}", daemon.log());
@@ -223,5 +284,8 @@ fn a_filling_disk_stops_recording_cleanly_and_refuses_more() {
         assert!(take.frames > 48_000, "{take:?}");
     }
     let err = daemon.cli_err(&["record"]);
-    assert!(err.contains("storage") && err.contains("fit on the disk"), "{err}");
+    assert!(
+        err.contains("storage") && err.contains("fit on the disk"),
+        "{err}"
+    );
 }

@@ -23,14 +23,21 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
     }
     let shown = daemon.cli_json(&["session", "show", "--json"]);
     assert_eq!(shown["tracks"].as_array().unwrap().len(), 8);
-    assert!(shown["tracks"].as_array().unwrap().iter().all(|t| t["armed"] == true));
+    assert!(shown["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["armed"] == true));
 
     daemon.cli(&["record"]);
     let status = daemon.cli_json(&["status", "--json"]);
     assert_eq!(status["sessions"][0]["state"], "recording");
     sleep(1.5);
     daemon.cli(&["pause"]);
-    assert_eq!(daemon.cli_json(&["status", "--json"])["sessions"][0]["state"], "paused");
+    assert_eq!(
+        daemon.cli_json(&["status", "--json"])["sessions"][0]["state"],
+        "paused"
+    );
     sleep(0.7);
     daemon.cli(&["resume"]);
     sleep(1.0);
@@ -63,7 +70,8 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
     );
     let recorded_frames = (duration_ms * f64::from(RATE) / 1000.0).round() as i64;
     assert_eq!(
-        metrics["droppedFrames"], 0,
+        metrics["droppedFrames"],
+        0,
         "take events:\n{}\n{}",
         daemon.take_events(),
         daemon.log()
@@ -98,7 +106,10 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
         tracks.push((default_channel(n as u32 + 1), wav));
     }
     let frames = tracks[0].1.frames();
-    assert!(tracks.iter().all(|(_, w)| w.frames() == frames), "equal lengths");
+    assert!(
+        tracks.iter().all(|(_, w)| w.frames() == frames),
+        "equal lengths"
+    );
 
     // Each file is its input's tone: one continuous stretch before the pause and one after,
     // with the seam at the same sample in every file (sample-aligned, nothing lost or doubled
@@ -106,7 +117,10 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
     let views: Vec<(usize, &[f32])> = tracks.iter().map(|(c, w)| (*c, &w.samples[..])).collect();
     let k1 = find_offset(&views, 0).expect("files start with their tones, aligned");
     let seam = matching_run(views[0].0, views[0].1, 0, k1);
-    assert!(seam > 48_000 && seam < frames, "first stretch is {seam} frames");
+    assert!(
+        seam > 48_000 && seam < frames,
+        "first stretch is {seam} frames"
+    );
     for (channel, samples) in &views {
         assert_eq!(
             matching_run(*channel, samples, 0, k1),
@@ -123,7 +137,10 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
         );
     }
     // The tones really differ per track (a test that cannot fail otherwise).
-    assert!((views[0].1[100] - views[1].1[100]).abs() > 1e-3 || (views[0].1[101] - views[1].1[101]).abs() > 1e-3);
+    assert!(
+        (views[0].1[100] - views[1].1[100]).abs() > 1e-3
+            || (views[0].1[101] - views[1].1[101]).abs() > 1e-3
+    );
 
     // The takes are journaled complete, with their frames.
     let takes = daemon.takes();

@@ -22,9 +22,7 @@ use crate::backend::DeviceInfo;
 use crate::capture::repair_wav;
 use crate::config::Config;
 use crate::engine::{Monitoring, TransportState};
-use crate::store::{
-    ClipRow, SessionRow, Store, TakeEvent, TakeMetrics, TakeStatus, TrackRow,
-};
+use crate::store::{ClipRow, SessionRow, Store, TakeEvent, TakeMetrics, TakeStatus, TrackRow};
 
 /// How often each active session's pump applies engine and writer reports when nobody calls.
 const PUMP_INTERVAL: Duration = Duration::from_millis(20);
@@ -344,8 +342,10 @@ impl Control {
                 config.engine.max_tracks
             )));
         }
-        for (what, value) in [("project_id", &request.project_id), ("user_id", &request.user_id)]
-        {
+        for (what, value) in [
+            ("project_id", &request.project_id),
+            ("user_id", &request.user_id),
+        ] {
             if let Some(value) = value {
                 validate::name(what, value)?;
             }
@@ -489,7 +489,8 @@ impl Control {
 
     /// Moves the position.
     pub async fn seek(&self, id: &str, frame: u64) -> ControlResult<()> {
-        self.with_session(id, move |s| Box::pin(s.seek(frame))).await
+        self.with_session(id, move |s| Box::pin(s.seek(frame)))
+            .await
     }
 
     /// The current or last run's metrics.
@@ -690,9 +691,10 @@ impl Control {
     /// Stops every session and finalizes every take; the sessions stay marked active so the
     /// next start brings them back.
     pub async fn shutdown(&self) {
-        let cells: Vec<(String, SessionCell)> = std::mem::take(&mut *self.inner.sessions.lock().await)
-            .into_iter()
-            .collect();
+        let cells: Vec<(String, SessionCell)> =
+            std::mem::take(&mut *self.inner.sessions.lock().await)
+                .into_iter()
+                .collect();
         for (id, cell) in cells {
             let session = cell.lock().await.take();
             if let Some(session) = session {
@@ -889,7 +891,9 @@ fn apply_update(old: &TrackRow, update: TrackUpdate) -> ControlResult<(TrackRow,
     }
     if let Some(input) = update.input {
         if input.chars().any(char::is_control) || input.chars().count() > 256 {
-            return Err(ControlError::invalid_argument("input is not a valid port name"));
+            return Err(ControlError::invalid_argument(
+                "input is not a valid port name",
+            ));
         }
         row.input = input;
         if row.input != old.input {

@@ -432,7 +432,9 @@ impl ActiveSession {
             .tracks
             .values()
             .filter(|t| !t.takes.is_empty())
-            .map(|t| recorded * u64::from(t.row.channels) * u64::from(self.format.bytes_per_sample()))
+            .map(|t| {
+                recorded * u64::from(t.row.channels) * u64::from(self.format.bytes_per_sample())
+            })
             .sum();
         let xruns = self.shared.xruns();
         Metrics {
@@ -495,10 +497,13 @@ impl ActiveSession {
     /// Journals a take in the store, then has the writer create its file.
     async fn prepare_take(&mut self, index: u32) -> ControlResult<()> {
         let track = self.tracks.get_mut(&index).expect("caller checked");
-        let dir = self.data_dir.join("sessions").join(&self.row.id).join("takes");
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            ControlError::storage(format!("cannot create {}: {e}", dir.display()))
-        })?;
+        let dir = self
+            .data_dir
+            .join("sessions")
+            .join(&self.row.id)
+            .join("takes");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ControlError::storage(format!("cannot create {}: {e}", dir.display())))?;
         let slug = super::validate::slug(&track.row.name);
         let (file, number) = loop {
             let number = track.next_take;
@@ -627,9 +632,7 @@ impl ActiveSession {
 
     async fn apply_writer_event(&mut self, event: WriterToControl) {
         match event {
-            WriterToControl::TakeStarted {
-                take_id, frame, ..
-            } => {
+            WriterToControl::TakeStarted { take_id, frame, .. } => {
                 if let Some(take) = self.find_take(take_id) {
                     take.start_frame = Some(frame);
                 }
@@ -661,8 +664,15 @@ impl ActiveSession {
                 data_bytes,
                 path,
             } => {
-                self.finish_take(take_id, track, frames, data_bytes, &path, TakeStatus::Complete)
-                    .await;
+                self.finish_take(
+                    take_id,
+                    track,
+                    frames,
+                    data_bytes,
+                    &path,
+                    TakeStatus::Complete,
+                )
+                .await;
             }
             WriterToControl::TakeFailed {
                 take_id,
@@ -679,9 +689,7 @@ impl ActiveSession {
                 })
                 .await;
                 self.report(ControlError::storage(format!("take {take_id}: {message}")));
-                let path = self
-                    .take_path(take_id)
-                    .unwrap_or_default();
+                let path = self.take_path(take_id).unwrap_or_default();
                 let bytes = frames
                     * u64::from(self.format.bytes_per_sample())
                     * u64::from(self.channels_of_slot(track));
@@ -765,7 +773,11 @@ impl ActiveSession {
             let at = t.takes.iter().position(|k| k.take_id == take_id)?;
             Some((*i, t.takes.remove(at)))
         }) else {
-            tracing::warn!(take_id, slot, "the writer finished a take control does not know");
+            tracing::warn!(
+                take_id,
+                slot,
+                "the writer finished a take control does not know"
+            );
             return;
         };
         let rate = f64::from(self.row.sample_rate);
@@ -779,7 +791,11 @@ impl ActiveSession {
             clip_count: self.shared.clip_count(),
         };
         self.run.finished_bytes += data_bytes;
-        if let Err(e) = self.store.finish_take(take_id, status, frames, metrics).await {
+        if let Err(e) = self
+            .store
+            .finish_take(take_id, status, frames, metrics)
+            .await
+        {
             self.report(e.into());
         }
         if frames > 0 {

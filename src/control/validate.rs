@@ -59,7 +59,11 @@ pub fn slug(name: &str) -> String {
             slug.push('-');
         }
     }
-    let slug = slug.trim_end_matches('-').chars().take(40).collect::<String>();
+    let slug = slug
+        .trim_end_matches('-')
+        .chars()
+        .take(40)
+        .collect::<String>();
     if slug.is_empty() {
         "track".into()
     } else {

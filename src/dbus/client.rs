@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use zbus::{DynamicType, OwnedObjectPath, OwnedVariant};
 use zbus::{connection, Connection, Proxy};
+use zbus::{DynamicType, OwnedObjectPath, OwnedVariant};
 
 use super::{BusChoice, BUS_NAME, ROOT_PATH};
 use crate::control::ErrorCode;
@@ -95,9 +95,11 @@ impl Client {
             }
             BusChoice::Session => connection::Builder::session().build().await.ok(),
             BusChoice::System => Some(connection::Builder::system().build().await?),
-            BusChoice::Address(address) => {
-                Some(connection::Builder::address(address.as_str()).build().await?)
-            }
+            BusChoice::Address(address) => Some(
+                connection::Builder::address(address.as_str())
+                    .build()
+                    .await?,
+            ),
         };
         if let Some(connection) = bus {
             let dbus = zbus::fdo::DBusProxy::new(&connection).await?;

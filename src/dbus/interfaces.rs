@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 
 use zbus::object_server::SignalEmitter;
-use zbus::{ObjectPath, OwnedObjectPath, OwnedVariant, Variant};
 use zbus::{interface, Connection};
+use zbus::{ObjectPath, OwnedObjectPath, OwnedVariant, Variant};
 
 use crate::backend::Direction;
-use crate::control::{AddTrack, Control, ControlError, CreateSession, ErrorCode, Metrics, TrackUpdate};
+use crate::control::{
+    AddTrack, Control, ControlError, CreateSession, ErrorCode, Metrics, TrackUpdate,
+};
 
 /// Root object path.
 pub const ROOT_PATH: &str = "/org/overdub/Overdub1";
@@ -84,13 +86,19 @@ pub fn metrics_dict(metrics: &Metrics) -> HashMap<String, OwnedVariant> {
         ("dataReceived".into(), value(metrics.data_received)),
         ("xruns".into(), value(metrics.xruns)),
         ("droppedFrames".into(), value(metrics.dropped_frames)),
-        ("diskBufferMinFill".into(), value(metrics.disk_buffer_min_fill)),
+        (
+            "diskBufferMinFill".into(),
+            value(metrics.disk_buffer_min_fill),
+        ),
         ("clipCount".into(), value(metrics.clip_count)),
     ])
 }
 
 /// Reads an unsigned option that clients may send as any integer type.
-fn option_u32(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<Option<u32>, OverdubError> {
+fn option_u32(
+    options: &HashMap<String, OwnedVariant>,
+    key: &str,
+) -> Result<Option<u32>, OverdubError> {
     let Some(raw) = options.get(key) else {
         return Ok(None);
     };
@@ -115,7 +123,10 @@ fn option_u32(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<Opti
     }
 }
 
-fn option_string(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<Option<String>, OverdubError> {
+fn option_string(
+    options: &HashMap<String, OwnedVariant>,
+    key: &str,
+) -> Result<Option<String>, OverdubError> {
     match options.get(key).map(|v| &**v) {
         None => Ok(None),
         Some(Variant::Str(s)) => Ok(Some(s.to_string())),
@@ -125,7 +136,10 @@ fn option_string(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<O
     }
 }
 
-fn option_bool(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<Option<bool>, OverdubError> {
+fn option_bool(
+    options: &HashMap<String, OwnedVariant>,
+    key: &str,
+) -> Result<Option<bool>, OverdubError> {
     match options.get(key).map(|v| &**v) {
         None => Ok(None),
         Some(Variant::Bool(b)) => Ok(Some(*b)),
@@ -135,7 +149,10 @@ fn option_bool(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<Opt
     }
 }
 
-fn reject_unknown(options: &HashMap<String, OwnedVariant>, known: &[&str]) -> Result<(), OverdubError> {
+fn reject_unknown(
+    options: &HashMap<String, OwnedVariant>,
+    known: &[&str],
+) -> Result<(), OverdubError> {
     match options.keys().find(|k| !known.contains(&k.as_str())) {
         Some(key) => Err(OverdubError::InvalidArgument(format!(
             "unknown option {key:?}; known: {}",
@@ -184,7 +201,9 @@ impl Manager {
 
     /// Every stored session, active or not: `id`, `name`, `tracks`, `active`, `createdAt`
     /// (unix ms), and `path` for active ones.
-    async fn list_stored_sessions(&self) -> Result<Vec<HashMap<String, OwnedVariant>>, OverdubError> {
+    async fn list_stored_sessions(
+        &self,
+    ) -> Result<Vec<HashMap<String, OwnedVariant>>, OverdubError> {
         let sessions = self.control.stored_sessions().await?;
         Ok(sessions
             .into_iter()
@@ -225,7 +244,10 @@ impl Manager {
                 HashMap::from([
                     ("name".to_string(), value(d.name.as_str())),
                     ("channels".to_string(), value(u32::from(d.channels))),
-                    ("firstChannel".to_string(), value(u32::from(d.first_channel))),
+                    (
+                        "firstChannel".to_string(),
+                        value(u32::from(d.first_channel)),
+                    ),
                     (
                         "direction".to_string(),
                         value(match d.direction {
@@ -374,8 +396,7 @@ impl Session {
 
     /// Something failed outside a request (disk full, writer error).
     #[zbus(signal)]
-    pub async fn error(emitter: &SignalEmitter<'_>, code: &str, message: &str)
-        -> zbus::Result<()>;
+    pub async fn error(emitter: &SignalEmitter<'_>, code: &str, message: &str) -> zbus::Result<()>;
 
     /// Session id.
     #[zbus(property(emits_changed_signal = "const"))]

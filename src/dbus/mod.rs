@@ -110,7 +110,10 @@ pub async fn serve_on_bus(
         Err(zbus::Error::NameTaken) => return Err(DbusError::NameTaken),
         other => other?,
     };
-    if !matches!(reply, RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) {
+    if !matches!(
+        reply,
+        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner
+    ) {
         return Err(DbusError::NameTaken);
     }
     tokio::spawn(relay_events(connection.clone(), control.clone()));
@@ -124,8 +127,9 @@ pub async fn serve_peer_to_peer(socket: &Path, control: &Control) -> Result<(), 
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             return Err(DbusError::SocketTaken(socket.to_path_buf()));
         }
-        std::fs::remove_file(socket)
-            .map_err(|e| DbusError::Other(format!("cannot remove stale {}: {e}", socket.display())))?;
+        std::fs::remove_file(socket).map_err(|e| {
+            DbusError::Other(format!("cannot remove stale {}: {e}", socket.display()))
+        })?;
     }
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
@@ -265,7 +269,11 @@ pub(crate) async fn export_track(
     Ok(())
 }
 
-async fn unexport_session(connection: &Connection, control: &Control, id: &str) -> zbus::Result<()> {
+async fn unexport_session(
+    connection: &Connection,
+    control: &Control,
+    id: &str,
+) -> zbus::Result<()> {
     let server = connection.object_server();
     // The session's tracks are gone from control by now: remove every index it could have had.
     for index in 1..=control.config().engine.max_tracks {
@@ -303,27 +311,51 @@ async fn relay(connection: &Connection, control: &Control, event: Event) -> zbus
     let server = connection.object_server();
     match event {
         Event::SessionAdded { session } => export_session(connection, control, &session).await?,
-        Event::SessionRemoved { session } => unexport_session(connection, control, &session).await?,
+        Event::SessionRemoved { session } => {
+            unexport_session(connection, control, &session).await?
+        }
         Event::State { session, .. } => {
-            let iface = server.interface::<_, Session>(session_path(&session)).await?;
-            iface.get().await.state_changed(iface.signal_emitter()).await?;
+            let iface = server
+                .interface::<_, Session>(session_path(&session))
+                .await?;
+            iface
+                .get()
+                .await
+                .state_changed(iface.signal_emitter())
+                .await?;
         }
         Event::TrackAdded { session, index } => {
             export_track(connection, control, &session, index).await?;
-            let iface = server.interface::<_, Session>(session_path(&session)).await?;
-            iface.get().await.tracks_changed(iface.signal_emitter()).await?;
+            let iface = server
+                .interface::<_, Session>(session_path(&session))
+                .await?;
+            iface
+                .get()
+                .await
+                .tracks_changed(iface.signal_emitter())
+                .await?;
         }
         Event::TrackRemoved { session, index } => {
-            server.remove::<Track, _>(track_path(&session, index)).await?;
-            let iface = server.interface::<_, Session>(session_path(&session)).await?;
-            iface.get().await.tracks_changed(iface.signal_emitter()).await?;
+            server
+                .remove::<Track, _>(track_path(&session, index))
+                .await?;
+            let iface = server
+                .interface::<_, Session>(session_path(&session))
+                .await?;
+            iface
+                .get()
+                .await
+                .tracks_changed(iface.signal_emitter())
+                .await?;
         }
         Event::TrackChanged {
             session,
             index,
             fields,
         } => {
-            let iface = server.interface::<_, Track>(track_path(&session, index)).await?;
+            let iface = server
+                .interface::<_, Track>(track_path(&session, index))
+                .await?;
             let track = iface.get().await;
             let emitter = iface.signal_emitter();
             for field in fields {
@@ -347,7 +379,9 @@ async fn relay(connection: &Connection, control: &Control, event: Event) -> zbus
             frames,
             ..
         } => {
-            let iface = server.interface::<_, Session>(session_path(&session)).await?;
+            let iface = server
+                .interface::<_, Session>(session_path(&session))
+                .await?;
             let track = track_path(&session, track);
             Session::take_finished(iface.signal_emitter(), track.as_ref(), &path, frames).await?;
         }
@@ -356,7 +390,9 @@ async fn relay(connection: &Connection, control: &Control, event: Event) -> zbus
             code,
             message,
         } => {
-            let iface = server.interface::<_, Session>(session_path(&session)).await?;
+            let iface = server
+                .interface::<_, Session>(session_path(&session))
+                .await?;
             Session::error(iface.signal_emitter(), code.as_str(), &message).await?;
         }
         Event::Error { session: None, .. } => {}

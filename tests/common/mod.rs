@@ -36,7 +36,10 @@ impl Bus {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert!(line.starts_with("unix:"), "dbus-daemon did not start: {line:?}");
+        assert!(
+            line.starts_with("unix:"),
+            "dbus-daemon did not start: {line:?}"
+        );
         Bus {
             child,
             address,
@@ -374,10 +377,7 @@ pub fn read_wav(path: &Path) -> Wav {
         .unwrap_or_else(|e| panic!("hound cannot read {}: {e}", path.display()));
     let spec = reader.spec();
     let samples = match spec.sample_format {
-        hound::SampleFormat::Float => reader
-            .into_samples::<f32>()
-            .map(|s| s.unwrap())
-            .collect(),
+        hound::SampleFormat::Float => reader.into_samples::<f32>().map(|s| s.unwrap()).collect(),
         hound::SampleFormat::Int => {
             let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
             reader
