@@ -263,17 +263,17 @@ pub fn default_config_path() -> Option<PathBuf> {
     xdg_dir("XDG_CONFIG_HOME", ".config").map(|d| d.join("overdub").join("overdub.toml"))
 }
 
-/// The data directory: `flag`, else the config's `daemon.data_dir`, else `$OVERDUB_DATA_DIR`,
+/// The data directory: `flag`, else `$OVERDUB_DATA_DIR`, else the config's `daemon.data_dir`,
 /// else `$XDG_DATA_HOME/overdub`, else `~/.local/share/overdub`. Never `/tmp`.
 pub fn default_data_dir(flag: Option<&Path>, config: &Config) -> Result<PathBuf, ConfigError> {
     if let Some(dir) = flag {
         return Ok(dir.to_path_buf());
     }
-    if !config.daemon.data_dir.is_empty() {
-        return Ok(PathBuf::from(&config.daemon.data_dir));
-    }
     if let Some(dir) = std::env::var_os("OVERDUB_DATA_DIR").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(dir));
+    }
+    if !config.daemon.data_dir.is_empty() {
+        return Ok(PathBuf::from(&config.daemon.data_dir));
     }
     xdg_dir("XDG_DATA_HOME", ".local/share")
         .map(|d| d.join("overdub"))

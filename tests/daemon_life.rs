@@ -120,6 +120,20 @@ fn sigterm_mid_take_finalizes_the_takes_and_exits_zero() {
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    // Every sd_notify datagram, in order, until STOPPING=1 (or a 20 s silence).
+    let notifications = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = notify.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = text.contains("STOPPING=1");
+            seen.push(text);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
     let settings = Settings {
         flush_interval: 30.0,
         ..Settings::default()
@@ -131,20 +145,35 @@ fn sigterm_mid_take_finalizes_the_takes_and_exits_zero() {
         .arg("--data-dir")
         .arg(&data)
         .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
     let mut daemon = Daemon::adopt(child, reach, &data, config);
+    daemon.wait_ready();
     daemon.cli(&["session", "create", "term", "--tracks", "2"]);
     daemon.cli(&["record"]);
     sleep(1.5);
     daemon.terminate();
-    let n = notify.recv(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let seen = notifications.join().unwrap();
+    let ready = seen
+        .iter()
+        .position(|m| m.contains("READY=1"))
+        .expect("READY=1");
+    let watchdog = seen
+        .iter()
+        .position(|m| m == "WATCHDOG=1")
+        .expect("WATCHDOG=1 pings");
+    let stopping = seen
+        .iter()
+        .position(|m| m == "STOPPING=1")
+        .expect("STOPPING=1");
+    assert!(ready < watchdog && watchdog < stopping, "{seen:?}");
+    assert!(
+        seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 5,
+        "pings every 100 ms over ~2 s: {seen:?}"
+    );
     // With a 30 s flush interval only a finalized file holds 1.5 s: SIGTERM finalized it.
     let takes = daemon.takes();
     assert_eq!(takes.len(), 2);
