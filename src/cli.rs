@@ -410,14 +410,7 @@ async fn session_command(client: &Client, command: SessionCommand) -> Result<(),
             Ok(())
         }
         SessionCommand::Delete { id } => {
-            let path = match resolve_session(client, Some(&id)).await {
-                Ok(path) => path,
-                Err(_) => {
-                    let path: OwnedObjectPath = client.manager("OpenSession", &(id,)).await?;
-                    path.to_string()
-                }
-            };
-            let () = client.call(&path, SESSION, "Delete", &()).await?;
+            let () = client.manager("DeleteSession", &(id,)).await?;
             Ok(())
         }
     }
@@ -443,13 +436,6 @@ async fn resolve_track(client: &Client, session: &str, track: &str) -> Result<St
     )))
 }
 
-/// A new property value, typed as the property is.
-enum Change {
-    Text(String),
-    Number(f64),
-    Switch(bool),
-}
-
 async fn track_set(client: &Client, set: TrackSet) -> Result<(), CliError> {
     let session = resolve_session(client, set.session.session.as_deref()).await?;
     let path = resolve_track(client, &session, &set.track).await?;
@@ -465,46 +451,41 @@ async fn track_set(client: &Client, set: TrackSet) -> Result<(), CliError> {
             None
         }
     };
-    let mut changes: Vec<(&str, Change)> = Vec::new();
+    let mut changes: HashMap<&str, Variant<'static>> = HashMap::new();
     if let Some(name) = set.name {
-        changes.push(("Name", Change::Text(name)));
+        changes.insert("Name", Variant::from(name));
     }
     if let Some(gain) = gain {
-        changes.push(("InputGain", Change::Number(gain)));
+        changes.insert("InputGain", Variant::F64(gain));
     }
     if let Some(level) = level {
-        changes.push(("Level", Change::Number(level)));
+        changes.insert("Level", Variant::F64(level));
     }
     if let Some(pan) = set.pan {
-        changes.push(("Pan", Change::Number(pan)));
+        changes.insert("Pan", Variant::F64(pan));
     }
     if let Some(input) = set.input {
-        changes.push(("Input", Change::Text(input)));
+        changes.insert("Input", Variant::from(input));
     }
     if let Some(monitor) = set.monitor {
-        changes.push(("Monitoring", Change::Text(monitor)));
+        changes.insert("Monitoring", Variant::from(monitor));
     }
     if let Some(muted) = flag(set.mute, set.unmute) {
-        changes.push(("Muted", Change::Switch(muted)));
+        changes.insert("Muted", Variant::Bool(muted));
     }
     if let Some(soloed) = flag(set.solo, set.unsolo) {
-        changes.push(("Soloed", Change::Switch(soloed)));
+        changes.insert("Soloed", Variant::Bool(soloed));
     }
     if let Some(armed) = flag(set.arm, set.disarm) {
-        changes.push(("Armed", Change::Switch(armed)));
+        changes.insert("Armed", Variant::Bool(armed));
     }
     if changes.is_empty() {
         return Err(CliError(
             "nothing to change: give at least one option (see `overdub track set --help`)".into(),
         ));
     }
-    for (name, change) in changes {
-        match change {
-            Change::Text(value) => client.set(&path, TRACK, name, value).await?,
-            Change::Number(value) => client.set(&path, TRACK, name, value).await?,
-            Change::Switch(value) => client.set(&path, TRACK, name, value).await?,
-        }
-    }
+    // One call: the daemon checks every value before changing any.
+    let () = client.call(&path, TRACK, "Update", &(changes,)).await?;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Configuration: TOML file, then environment, then command-line flags (later wins).
+//! Configuration: defaults, then the TOML file, then environment, then command-line flags
+//! (later wins).
 //!
 //! Every option is documented, with its default, in `config/overdub.toml`. Unknown keys are
 //! errors, so a typo never silently falls back to a default.

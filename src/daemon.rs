@@ -1,6 +1,6 @@
 //! The daemon's life: start-up in order (config → data dir lock → store → control → D-Bus →
-//! READY), signals, the systemd watchdog, and one ordered shutdown path (stop accepting
-//! commands → stop capture → finalize takes → flush the store → exit 0).
+//! READY), signals, the systemd watchdog, and one ordered shutdown path (release the bus name
+//! or socket → refuse new sessions → stop capture → finalize takes → flush the store → exit 0).
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -53,6 +53,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         config.validate().map_err(fail)?;
     }
     let log = init_logging(&config.daemon.log_level);
+    // Installed first, so a signal during start-up is handled, never fatal.
+    let mut terminate = signal(SignalKind::terminate()).map_err(fail)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(fail)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(fail)?;
     let data_dir = default_data_dir(options.data_dir.as_deref(), &config).map_err(fail)?;
     std::fs::create_dir_all(&data_dir).map_err(|e| {
         fail(format!(
@@ -95,9 +99,6 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     notify("READY=1\nSTATUS=recording daemon ready");
     spawn_watchdog();
 
-    let mut terminate = signal(SignalKind::terminate()).map_err(fail)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(fail)?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(fail)?;
     loop {
         tokio::select! {
             _ = terminate.recv() => break,

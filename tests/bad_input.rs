@@ -93,6 +93,19 @@ fn bad_values_names_ids_and_states_are_refused_and_change_nothing() {
         let err = daemon.cli_err(&["session", "create", name]);
         assert!(err.contains("invalid_argument"), "{err}");
     }
+    // Several changes at once: one bad value and none of them happens.
+    let err = daemon.cli_err(&[
+        "track", "set", "1", "--level", "0.5", "--mute", "--pan", "3",
+    ]);
+    assert!(err.contains("pan"), "{err}");
+    let err = busctl_err(
+        &bus,
+        &[
+            "call", NAME, &track1, TRACK, "Update", "a{sv}", "2", "Level", "d", "0.5", "Volume",
+            "d", "1",
+        ],
+    );
+    assert!(err.contains("unknown option"), "{err}");
     let err = daemon.cli_err(&["track", "set", "1", "--name", "Track 2"]);
     assert!(err.contains("already exists"), "{err}");
 

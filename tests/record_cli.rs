@@ -150,3 +150,42 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
         assert_eq!(take.frames as usize, frames);
     }
 }
+
+/// Regression: disarming and re-arming a track while paused from recording opens a second take
+/// that is journaled and written (it used to be discarded as unbound).
+#[test]
+fn disarm_and_rearm_while_paused_from_recording_makes_a_second_take() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &Reach::Bus(bus.address.clone()),
+        &dir.path().join("data"),
+        &Settings::default(),
+    );
+    daemon.cli(&["session", "create", "punch", "--tracks", "1"]);
+    daemon.cli(&["record"]);
+    sleep(0.5);
+    daemon.cli(&["pause"]);
+    daemon.cli(&["track", "set", "1", "--disarm"]);
+    daemon.cli(&["track", "set", "1", "--arm"]);
+    daemon.cli(&["resume"]);
+    sleep(0.5);
+    let metrics = daemon.cli_json(&["stop", "--json"]);
+    assert_eq!(metrics["recordedTracks"], 2, "{metrics}");
+    let takes = daemon.takes();
+    assert_eq!(takes.len(), 2, "{takes:?}");
+    for take in &takes {
+        assert_eq!(take.status, "complete", "{take:?}\n{}", daemon.log());
+        assert!(take.frames > 12_000, "{take:?}");
+        let wav = read_wav(&take.path);
+        assert_eq!(wav.frames() as u64, take.frames);
+        let channel = default_channel(1);
+        let k = find_offset(&[(channel, &wav.samples[..])], 0).expect("the input's tone");
+        assert_eq!(matching_run(channel, &wav.samples, 0, k), wav.frames());
+    }
+    assert!(
+        !daemon.log().contains("no journaled take"),
+        "{}",
+        daemon.log()
+    );
+}

@@ -101,6 +101,15 @@ pub enum ControlToWriter {
         /// Where to create the file (it must not exist).
         path: PathBuf,
     },
+    /// Withdraws a prepared take that the processor will never start (control's command was
+    /// refused): it leaves the track's FIFO, its empty file is removed, and
+    /// [`WriterToControl::TakeCancelled`] confirms. A take already bound is left alone.
+    CancelTake {
+        /// Slot.
+        track: u16,
+        /// The take's id in the store.
+        take_id: i64,
+    },
     /// Changes the time between syncs.
     SetFlushInterval(Duration),
     /// Changes the free-space threshold of [`WriterToControl::DiskLow`], in seconds.
@@ -169,6 +178,13 @@ pub enum WriterToControl {
         free_bytes: u64,
         /// Seconds of recording left at the open takes' data rate.
         seconds_left: f64,
+    },
+    /// A prepared take was withdrawn by [`ControlToWriter::CancelTake`]; its file is gone.
+    TakeCancelled {
+        /// The take's id in the store.
+        take_id: i64,
+        /// Slot.
+        track: u16,
     },
     /// A TakeStart arrived with no prepared take: that take's samples are discarded.
     Unbound {
@@ -548,6 +564,7 @@ impl Writer {
                 take_id,
                 path,
             } => self.prepare(track, take_id, path),
+            ControlToWriter::CancelTake { track, take_id } => self.cancel(track, take_id),
             ControlToWriter::SetFlushInterval(interval) => self.config.flush_interval = interval,
             ControlToWriter::SetStopFreeSeconds(seconds) => self.config.stop_free_seconds = seconds,
         }
@@ -584,6 +601,28 @@ impl Writer {
             self.tracks.insert(id, new);
         } else {
             track.discard_prepared(id, &mut self.events);
+        }
+    }
+
+    fn cancel(&mut self, id: u16, take_id: i64) {
+        let Some(track) = self.tracks.get_mut(&id) else {
+            tracing::warn!(track = id, take_id, "CancelTake for an unknown track");
+            return;
+        };
+        let Some(at) = track.prepared.iter().position(|p| p.take_id == take_id) else {
+            tracing::warn!(
+                track = id,
+                take_id,
+                "CancelTake for a take that is not waiting"
+            );
+            return;
+        };
+        if let Some(prepared) = track.prepared.remove(at) {
+            drop(prepared.wav);
+            if let Err(error) = std::fs::remove_file(&prepared.path) {
+                tracing::warn!(take_id, %error, "cannot remove the cancelled take's file");
+            }
+            (self.events)(WriterToControl::TakeCancelled { take_id, track: id });
         }
     }
 
@@ -1075,6 +1114,91 @@ mod tests {
         assert_eq!(events[1], WriterToControl::Unbound { track: 0 });
         assert_eq!(read_f32(&path), signal(7, 0, 100, 1));
         assert!(writer.tracks[&0].ring.is_empty(), "unbound samples drained");
+    }
+
+    #[test]
+    fn a_cancelled_take_leaves_the_fifo_so_the_next_start_binds_the_right_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, inbox, mut markers, received) = manual_writer(dir.path());
+        let (mut ring, consumer) = RingBuffer::new(4096);
+        send(
+            &inbox,
+            ControlToWriter::AddTrack {
+                track: 0,
+                channels: 1,
+                ring: consumer,
+            },
+        );
+        let refused = dir.path().join("refused.wav");
+        let kept = dir.path().join("kept.wav");
+        for (take_id, path) in [(1, &refused), (2, &kept)] {
+            send(
+                &inbox,
+                ControlToWriter::PrepareTake {
+                    track: 0,
+                    take_id,
+                    path: path.clone(),
+                },
+            );
+        }
+        send(
+            &inbox,
+            ControlToWriter::CancelTake {
+                track: 0,
+                take_id: 1,
+            },
+        );
+        writer.receive();
+        assert!(
+            !refused.exists(),
+            "the cancelled take's empty file is removed"
+        );
+        assert_eq!(
+            received.try_recv().unwrap(),
+            WriterToControl::TakeCancelled {
+                take_id: 1,
+                track: 0
+            }
+        );
+        mark(
+            &mut markers,
+            CaptureMarker::TakeStart { track: 0, frame: 9 },
+        );
+        push(&mut ring, &signal(3, 0, 64, 1));
+        mark(&mut markers, CaptureMarker::TakeEnd { track: 0, at: 64 });
+        writer.pass(false);
+        // Cancelling a bound take changes nothing.
+        send(
+            &inbox,
+            ControlToWriter::CancelTake {
+                track: 0,
+                take_id: 2,
+            },
+        );
+        writer.receive();
+        writer.close();
+        let events: Vec<_> = received.try_iter().collect();
+        assert_eq!(
+            events[0],
+            WriterToControl::TakeStarted {
+                take_id: 2,
+                track: 0,
+                frame: 9
+            }
+        );
+        assert!(
+            matches!(
+                events[1],
+                WriterToControl::TakeFinished {
+                    take_id: 2,
+                    frames: 64,
+                    ..
+                }
+            ),
+            "{events:?}"
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(read_f32(&kept), signal(3, 0, 64, 1));
     }
 
     #[test]

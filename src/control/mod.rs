@@ -128,8 +128,10 @@ pub struct Metrics {
     /// Takes recorded in the run.
     pub recorded_tracks: u32,
     /// Recorded time in milliseconds, pauses excluded.
+    #[serde(rename = "totalDuration")]
     pub total_duration_ms: f64,
     /// Input-to-processing latency in milliseconds.
+    #[serde(rename = "averageLatency")]
     pub average_latency_ms: f64,
     /// Xruns + capture ring overflows + playback underruns.
     pub buffer_underruns: u64,
@@ -240,6 +242,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     sessions: Mutex<BTreeMap<String, SessionCell>>,
     environment: String,
+    /// Set by [`Control::shutdown`]: no session may become active any more.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// The control service. Cheap to clone; every surface holds one.
@@ -261,20 +265,15 @@ impl Control {
                 events,
                 sessions: Mutex::new(BTreeMap::new()),
                 environment: detect_environment(),
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         control.recover_takes().await?;
-        let max = control.config().engine.max_active_sessions as usize;
         for stored in control.inner.store.list_sessions().await? {
-            if !stored.active {
-                continue;
-            }
-            if control.inner.sessions.lock().await.len() >= max {
-                tracing::warn!(session = %stored.id, "not reactivated: engine.max_active_sessions reached");
-                continue;
-            }
-            if let Err(e) = control.activate(&stored.id).await {
-                tracing::error!(session = %stored.id, "cannot reactivate: {e}");
+            if stored.active {
+                if let Err(e) = control.activate(&stored.id).await {
+                    tracing::error!(session = %stored.id, "not reactivated: {e}");
+                }
             }
         }
         Ok(control)
@@ -377,19 +376,18 @@ impl Control {
             })
             .collect();
         self.inner.store.create_session(row, tracks).await?;
-        self.activate(&id).await?;
+        if let Err(error) = self.activate(&id).await {
+            // A failed create leaves nothing behind.
+            self.inner.store.delete_session(&id).await?;
+            return Err(error);
+        }
         tracing::info!(session = %id, tracks = count, "session created");
         self.session(&id).await
     }
 
     /// Activates a stored session (no-op when already active).
     pub async fn open_session(&self, id: &str) -> ControlResult<SessionInfo> {
-        if !self.inner.sessions.lock().await.contains_key(id) {
-            if self.inner.store.load_session(id).await?.is_none() {
-                return Err(not_found_session(id));
-            }
-            self.check_capacity().await?;
-            self.activate(id).await?;
+        if self.activate(id).await? {
             self.inner.store.set_session_active(id, true).await?;
         }
         self.session(id).await
@@ -405,15 +403,16 @@ impl Control {
             .remove(id)
             .ok_or_else(|| not_found_session(id))?;
         let session = cell.lock().await.take();
-        if let Some(session) = session {
-            session.shut_down().await?;
-        }
-        self.inner.store.set_session_active(id, false).await?;
+        let stopped = match session {
+            Some(session) => session.shut_down().await,
+            None => Ok(()),
+        };
         let _ = self.inner.events.send(Event::SessionRemoved {
             session: id.to_string(),
         });
+        self.inner.store.set_session_active(id, false).await?;
         tracing::info!(session = %id, "session closed");
-        Ok(())
+        stopped
     }
 
     /// Deletes a session, its takes and its files. Refused while it records.
@@ -437,11 +436,18 @@ impl Control {
             return Err(not_found_session(id));
         }
         let dir = self.inner.data_dir.join("sessions").join(id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| {
-                ControlError::storage(format!("session deleted, but {}: {e}", dir.display()))
-            })?;
-        }
+        let removed = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| ControlError::storage(format!("removing {}: {e}", dir.display())))?;
+        removed.map_err(|e| {
+            ControlError::storage(format!("session deleted, but {}: {e}", dir.display()))
+        })?;
         tracing::info!(session = %id, "session deleted");
         Ok(())
     }
@@ -691,6 +697,9 @@ impl Control {
     /// Stops every session and finalizes every take; the sessions stay marked active so the
     /// next start brings them back.
     pub async fn shutdown(&self) {
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let cells: Vec<(String, SessionCell)> =
             std::mem::take(&mut *self.inner.sessions.lock().await)
                 .into_iter()
@@ -713,14 +722,27 @@ impl Control {
     async fn check_capacity(&self) -> ControlResult<()> {
         let max = self.config().engine.max_active_sessions as usize;
         if self.inner.sessions.lock().await.len() >= max {
-            return Err(ControlError::invalid_state(format!(
-                "{max} sessions are active (engine.max_active_sessions): close one first"
-            )));
+            return Err(capacity_error(max));
         }
         Ok(())
     }
 
-    async fn activate(&self, id: &str) -> ControlResult<()> {
+    /// Loads a stored session into the engine. Returns `false` when it was already active. The
+    /// session map stays locked from the capacity check to the insertion, so two concurrent
+    /// activations can neither both start an engine nor exceed `engine.max_active_sessions`.
+    async fn activate(&self, id: &str) -> ControlResult<bool> {
+        let mut sessions = self.inner.sessions.lock().await;
+        if self.inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ControlError::invalid_state("the daemon is shutting down"));
+        }
+        if sessions.contains_key(id) {
+            return Ok(false);
+        }
+        let config = self.config();
+        let max = config.engine.max_active_sessions as usize;
+        if sessions.len() >= max {
+            return Err(capacity_error(max));
+        }
         let (row, tracks) = self
             .inner
             .store
@@ -732,7 +754,6 @@ impl Control {
             let next = next_takes.entry(take.track_index).or_insert(1);
             *next += 1;
         }
-        let config = self.config();
         let session = ActiveSession::start(
             row,
             tracks,
@@ -743,16 +764,13 @@ impl Control {
             self.inner.events.clone(),
         )?;
         let cell: SessionCell = Arc::new(Mutex::new(Some(session)));
-        self.inner
-            .sessions
-            .lock()
-            .await
-            .insert(id.to_string(), cell.clone());
+        sessions.insert(id.to_string(), cell.clone());
+        drop(sessions);
         spawn_pump(Arc::downgrade(&cell));
         let _ = self.inner.events.send(Event::SessionAdded {
             session: id.to_string(),
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Runs `op` on an active session under its lock.
@@ -771,9 +789,9 @@ impl Control {
             .await
             .get(id)
             .cloned()
-            .ok_or_else(|| self_not_active(id))?;
+            .ok_or_else(|| not_active(id))?;
         let mut guard = cell.lock().await;
-        let session = guard.as_mut().ok_or_else(|| self_not_active(id))?;
+        let session = guard.as_mut().ok_or_else(|| not_active(id))?;
         op(session).await
     }
 
@@ -932,11 +950,17 @@ fn spawn_pump(cell: std::sync::Weak<Mutex<Option<ActiveSession>>>) {
     });
 }
 
+fn capacity_error(max: usize) -> ControlError {
+    ControlError::invalid_state(format!(
+        "{max} sessions are active (engine.max_active_sessions): close one first"
+    ))
+}
+
 fn not_found_session(id: &str) -> ControlError {
     ControlError::not_found(format!("no session {id:?}"))
 }
 
-fn self_not_active(id: &str) -> ControlError {
+fn not_active(id: &str) -> ControlError {
     ControlError::not_found(format!(
         "no active session {id:?} (see `overdub session list`; `overdub session open ID` activates a stored one)"
     ))

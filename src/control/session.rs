@@ -51,6 +51,8 @@ pub(super) struct TrackState {
     /// Takes prepared or recording, oldest first.
     takes: Vec<OpenTake>,
     next_take: u32,
+    /// Takes the engine has opened on this track (to confirm an arm while recording).
+    engine_starts: u64,
 }
 
 /// Counters of the current (or last) recording run, for the metrics dictionary.
@@ -67,6 +69,10 @@ pub(super) struct ActiveSession {
     pub row: SessionRow,
     pub tracks: BTreeMap<u32, TrackState>,
     pub state: TransportState,
+    /// The rolling state a pause came from (`Recording` means takes are open and waiting).
+    paused_from: TransportState,
+    /// The engine's reason for refusing the last command, since the last [`Self::command`].
+    rejection: Option<&'static str>,
     engine: EngineHandle,
     shared: Arc<EngineShared>,
     backend: Option<Box<dyn RunningBackend>>,
@@ -140,6 +146,8 @@ impl ActiveSession {
             row,
             tracks: BTreeMap::new(),
             state: TransportState::Stopped,
+            paused_from: TransportState::Stopped,
+            rejection: None,
             engine: handle,
             shared,
             backend: Some(backend),
@@ -233,6 +241,7 @@ impl ActiveSession {
                 slot,
                 takes: Vec::new(),
                 next_take,
+                engine_starts: 0,
             },
         );
         Ok(())
@@ -259,38 +268,56 @@ impl ActiveSession {
     }
 
     /// Applies new settings to a track. Arming while recording journals and prepares a take
-    /// first, so the take exists before its first sample.
+    /// first, so the take exists before its first sample, and commits the new settings only
+    /// once the engine has opened the take (a refusal withdraws the prepared take).
     pub async fn apply_track(&mut self, index: u32, row: TrackRow) -> ControlResult<()> {
-        let params = {
+        let (params, slot, was_armed, starts) = {
             let track = self
                 .tracks
                 .get(&index)
                 .ok_or_else(|| ControlError::not_found(format!("no track {index}")))?;
-            params_from_row(&row, self.resolve_input(&row.input, track.row.channels)?)?
+            let params =
+                params_from_row(&row, self.resolve_input(&row.input, track.row.channels)?)?;
+            (params, track.slot, track.params.armed, track.engine_starts)
         };
-        let capturing = self.capturing();
-        let was_armed = self.tracks[&index].params.armed;
-        if capturing && params.armed && !was_armed {
+        let opens_take = self.capturing() && params.armed && !was_armed;
+        let mut prepared = None;
+        if opens_take {
             self.check_free_space(&[index])?;
-            self.prepare_take(index).await?;
+            prepared = Some(self.prepare_take(index).await?);
         }
-        let slot = self.tracks[&index].slot;
-        self.send(ControlToEngine::SetTrack {
-            track: slot,
-            params,
-            at_frame: None,
-        })?;
+        let sent = self
+            .command(
+                ControlToEngine::SetTrack {
+                    track: slot,
+                    params,
+                    at_frame: None,
+                },
+                |s| {
+                    !opens_take
+                        || s.tracks
+                            .get(&index)
+                            .is_some_and(|t| t.engine_starts > starts)
+                },
+            )
+            .await;
+        if let Err(error) = sent {
+            if let Some(take_id) = prepared {
+                self.cancel_take(index, take_id, &error.message).await;
+            }
+            return Err(error);
+        }
         let track = self.tracks.get_mut(&index).expect("checked above");
         track.params = params;
         track.row = row;
         Ok(())
     }
 
-    /// Whether the engine is recording or paused from recording (takes open).
+    /// Whether the engine is recording, or paused from recording (its takes stay open).
     fn capturing(&self) -> bool {
         match self.state {
             TransportState::Recording => true,
-            TransportState::Paused => self.has_open_takes(),
+            TransportState::Paused => self.paused_from == TransportState::Recording,
             _ => false,
         }
     }
@@ -324,11 +351,30 @@ impl ActiveSession {
         self.shared.reset_run_counters();
         self.xruns_seen = 0;
         self.run = RunStats::default();
+        let mut prepared = Vec::new();
+        let mut result = Ok(());
         for index in &armed {
-            self.prepare_take(*index).await?;
+            match self.prepare_take(*index).await {
+                Ok(take_id) => prepared.push((*index, take_id)),
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
         }
-        self.send(ControlToEngine::Record { at_frame: None })?;
-        self.wait_for_state(TransportState::Recording).await
+        if result.is_ok() {
+            result = self
+                .command(ControlToEngine::Record { at_frame: None }, |s| {
+                    s.state == TransportState::Recording
+                })
+                .await;
+        }
+        if let Err(error) = &result {
+            for (index, take_id) in prepared {
+                self.cancel_take(index, take_id, &error.message).await;
+            }
+        }
+        result
     }
 
     /// `play`: roll without capturing.
@@ -343,10 +389,11 @@ impl ActiveSession {
             }
             _ => {}
         }
-        self.send(ControlToEngine::Play)?;
-        self.wait_for_state(TransportState::Playing).await?;
-        self.wait_for_takes().await;
-        Ok(())
+        self.command(ControlToEngine::Play, |s| {
+            s.state == TransportState::Playing
+        })
+        .await?;
+        self.wait_for_takes().await
     }
 
     /// `pause`: hold the position, suspend capture.
@@ -361,8 +408,10 @@ impl ActiveSession {
                 self.state
             )));
         }
-        self.send(ControlToEngine::Pause)?;
-        self.wait_for_state(TransportState::Paused).await
+        self.command(ControlToEngine::Pause, |s| {
+            s.state == TransportState::Paused
+        })
+        .await
     }
 
     /// `resume`: continue what was paused, into the same takes.
@@ -374,26 +423,22 @@ impl ActiveSession {
                 self.state
             )));
         }
-        self.send(ControlToEngine::Resume)?;
-        let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
-        while self.state == TransportState::Paused {
-            if Instant::now() > deadline {
-                return Err(ControlError::backend("the audio thread did not resume"));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            self.drain().await;
-        }
-        Ok(())
+        self.command(ControlToEngine::Resume, |s| {
+            s.state != TransportState::Paused
+        })
+        .await
     }
 
     /// `stop`: end every take, wait until their files are final, return the metrics.
     pub async fn stop(&mut self) -> ControlResult<Metrics> {
         self.drain().await;
         if self.state != TransportState::Stopped {
-            self.send(ControlToEngine::Stop { at_frame: None })?;
-            self.wait_for_state(TransportState::Stopped).await?;
+            self.command(ControlToEngine::Stop { at_frame: None }, |s| {
+                s.state == TransportState::Stopped
+            })
+            .await?;
         }
-        self.wait_for_takes().await;
+        self.wait_for_takes().await?;
         let metrics = self.metrics();
         self.run.last = Some(metrics.clone());
         Ok(metrics)
@@ -407,16 +452,10 @@ impl ActiveSession {
                 "cannot seek while recording: stop first",
             ));
         }
-        self.send(ControlToEngine::Seek { frame })?;
-        let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
-        while self.shared.position() != frame && self.state != TransportState::Playing {
-            if Instant::now() > deadline {
-                return Err(ControlError::backend("the audio thread did not seek"));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            self.drain().await;
-        }
-        Ok(())
+        self.command(ControlToEngine::Seek { frame }, move |s| {
+            s.state == TransportState::Playing || s.shared.position() == frame
+        })
+        .await
     }
 
     /// The metrics of the current recording run, or of the last one when stopped.
@@ -494,8 +533,8 @@ impl ActiveSession {
         Ok(())
     }
 
-    /// Journals a take in the store, then has the writer create its file.
-    async fn prepare_take(&mut self, index: u32) -> ControlResult<()> {
+    /// Journals a take in the store, then has the writer create its file. Returns its id.
+    async fn prepare_take(&mut self, index: u32) -> ControlResult<i64> {
         let track = self.tracks.get_mut(&index).expect("caller checked");
         let dir = self
             .data_dir
@@ -541,7 +580,38 @@ impl ActiveSession {
             dropped_frames: 0,
         });
         self.run.takes += 1;
-        Ok(())
+        Ok(take_id)
+    }
+
+    /// Withdraws a prepared take that the engine will never start: out of the writer's FIFO
+    /// (its empty file removed), and journaled `failed` with the reason.
+    async fn cancel_take(&mut self, index: u32, take_id: i64, reason: &str) {
+        let Some(track) = self.tracks.get_mut(&index) else {
+            return;
+        };
+        track.takes.retain(|k| k.take_id != take_id);
+        if let Some(writer) = &self.writer {
+            writer.send(ControlToWriter::CancelTake {
+                track: track.slot,
+                take_id,
+            });
+        }
+        self.run.takes = self.run.takes.saturating_sub(1);
+        if let Err(e) = self
+            .store
+            .finish_take(take_id, TakeStatus::Failed, 0, TakeMetrics::default())
+            .await
+        {
+            self.report(e.into());
+        }
+        self.journal_event(TakeEvent {
+            take_id,
+            kind: "cancelled".into(),
+            frame: 0,
+            length: 0,
+            detail: format!("never started: {reason}"),
+        })
+        .await;
     }
 
     fn send(&mut self, command: ControlToEngine) -> ControlResult<()> {
@@ -550,33 +620,51 @@ impl ActiveSession {
             .map_err(|_| ControlError::backend("the audio thread's command queue is full"))
     }
 
-    async fn wait_for_state(&mut self, wanted: TransportState) -> ControlResult<()> {
+    /// Sends `command` to the engine and waits until `done` holds, the engine refuses it
+    /// (`invalid_state` with the engine's reason), or [`ENGINE_REPLY_TIMEOUT`] passes.
+    async fn command(
+        &mut self,
+        command: ControlToEngine,
+        done: impl Fn(&Self) -> bool,
+    ) -> ControlResult<()> {
+        self.drain().await;
+        self.rejection = None;
+        self.send(command)?;
         let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
         loop {
+            tokio::time::sleep(Duration::from_millis(2)).await;
             self.drain().await;
-            if self.state == wanted {
+            if let Some(reason) = self.rejection.take() {
+                return Err(ControlError::invalid_state(reason));
+            }
+            if done(self) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(ControlError::backend(format!(
-                    "the audio thread did not reach {wanted} (still {})",
+                    "the audio thread did not answer in {} s (state {})",
+                    ENGINE_REPLY_TIMEOUT.as_secs(),
                     self.state
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
-    /// Waits until every take that the engine has ended is final on disk.
-    async fn wait_for_takes(&mut self) {
+    /// Waits until every take the engine has ended is final on disk; an error if the writer
+    /// has not finished them in [`FINALIZE_TIMEOUT`] (they stay open and finish later).
+    async fn wait_for_takes(&mut self) -> ControlResult<()> {
         let deadline = Instant::now() + FINALIZE_TIMEOUT;
-        while self.has_open_takes() && !self.capturing() && Instant::now() < deadline {
+        while self.has_open_takes() && !self.capturing() {
+            if Instant::now() > deadline {
+                return Err(ControlError::storage(format!(
+                    "the takes were not finalized within {} s; they will be when the disk catches up",
+                    FINALIZE_TIMEOUT.as_secs()
+                )));
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
             self.drain().await;
         }
-        if self.has_open_takes() && !self.capturing() {
-            tracing::error!(session = %self.row.id, "takes were not finalized in time");
-        }
+        Ok(())
     }
 
     /// Applies everything the engine and the writer reported since the last call: state,
@@ -586,6 +674,9 @@ impl ActiveSession {
         while let Some(event) = self.engine.pop_event() {
             match event {
                 EngineToControl::State { state, frame } => {
+                    if state == TransportState::Paused {
+                        self.paused_from = self.state;
+                    }
                     self.state = state;
                     let _ = self.events.send(Event::State {
                         session: self.row.id.clone(),
@@ -596,9 +687,15 @@ impl ActiveSession {
                 EngineToControl::Overflow { .. } => self.run.overflows += 1,
                 EngineToControl::Rejected { reason } => {
                     tracing::warn!(session = %self.row.id, reason, "audio thread refused a command");
+                    self.rejection = Some(reason);
                 }
                 EngineToControl::TrackRetired { slot, .. } => drop(slot),
-                EngineToControl::TakeStarted { .. } | EngineToControl::TakeEnded { .. } => {}
+                EngineToControl::TakeStarted { track, .. } => {
+                    if let Some(t) = self.tracks.values_mut().find(|t| t.slot == track) {
+                        t.engine_starts += 1;
+                    }
+                }
+                EngineToControl::TakeEnded { .. } => {}
             }
         }
         while let Ok(event) = self.writer_events.try_recv() {
@@ -727,6 +824,9 @@ impl ActiveSession {
                     })
                     .await;
                 }
+            }
+            WriterToControl::TakeCancelled { take_id, .. } => {
+                tracing::debug!(session = %self.row.id, take_id, "prepared take withdrawn");
             }
             WriterToControl::Unbound { track } => {
                 self.report(ControlError::backend(format!(

@@ -59,15 +59,12 @@ pub fn slug(name: &str) -> String {
             slug.push('-');
         }
     }
-    let slug = slug
-        .trim_end_matches('-')
-        .chars()
-        .take(40)
-        .collect::<String>();
+    let slug: String = slug.chars().take(40).collect();
+    let slug = slug.trim_end_matches('-');
     if slug.is_empty() {
         "track".into()
     } else {
-        slug
+        slug.to_string()
     }
 }
 
@@ -99,6 +96,7 @@ mod tests {
     fn slugs_are_file_safe() {
         assert_eq!(slug("Lead Vocal (take 2)"), "lead-vocal-take-2");
         assert_eq!(slug("***"), "track");
+        assert_eq!(slug(&format!("{} tail", "a".repeat(39))), "a".repeat(39));
         assert_eq!(slug("Ünïcode"), "n-code");
     }
 }

@@ -174,21 +174,6 @@ impl Client {
         Ok(proxy.get_property(name).await?)
     }
 
-    /// Writes a property.
-    pub async fn set<T>(
-        &self,
-        path: &str,
-        interface: &str,
-        name: &str,
-        value: T,
-    ) -> Result<(), ClientError>
-    where
-        T: serde::Serialize + zbus::Type,
-    {
-        let proxy = self.proxy(path, interface).await?;
-        Ok(proxy.set_property(name, value).await?)
-    }
-
     /// Object paths of the active sessions.
     pub async fn active_sessions(&self) -> Result<Vec<OwnedObjectPath>, ClientError> {
         self.manager("ListSessions", &()).await

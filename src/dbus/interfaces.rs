@@ -136,6 +136,19 @@ fn option_string(
     }
 }
 
+fn option_f64(
+    options: &HashMap<String, OwnedVariant>,
+    key: &str,
+) -> Result<Option<f64>, OverdubError> {
+    match options.get(key).map(|v| &**v) {
+        None => Ok(None),
+        Some(Variant::F64(n)) => Ok(Some(*n)),
+        Some(_) => Err(OverdubError::InvalidArgument(format!(
+            "option {key} must be a double"
+        ))),
+    }
+}
+
 fn option_bool(
     options: &HashMap<String, OwnedVariant>,
     key: &str,
@@ -221,6 +234,12 @@ impl Manager {
                 dict
             })
             .collect())
+    }
+
+    /// Deletes a stored session (active or not) with its takes and files; refused while it
+    /// records.
+    async fn delete_session(&self, id: String) -> Result<(), OverdubError> {
+        Ok(self.control.delete_session(&id).await?)
     }
 
     /// Activates a stored session and returns its object path.
@@ -452,7 +471,7 @@ impl Track {
         Ok(self.control.track(&self.id, self.index).await?)
     }
 
-    async fn update(&self, update: TrackUpdate) -> Result<(), OverdubError> {
+    async fn apply(&self, update: TrackUpdate) -> Result<(), OverdubError> {
         self.control
             .update_track(&self.id, self.index, update)
             .await?;
@@ -462,6 +481,39 @@ impl Track {
 
 #[interface(name = "org.overdub.Overdub1.Track")]
 impl Track {
+    /// Changes several properties at once: every value is checked before any changes, so a
+    /// bad one changes nothing. Keys are the property names: `Name` (s), `Armed` (b),
+    /// `InputGain` (d), `Level` (d), `Pan` (d), `Muted` (b), `Soloed` (b), `Input` (s),
+    /// `Monitoring` (s).
+    async fn update(&self, changes: HashMap<String, OwnedVariant>) -> Result<(), OverdubError> {
+        reject_unknown(
+            &changes,
+            &[
+                "Name",
+                "Armed",
+                "InputGain",
+                "Level",
+                "Pan",
+                "Muted",
+                "Soloed",
+                "Input",
+                "Monitoring",
+            ],
+        )?;
+        self.apply(TrackUpdate {
+            name: option_string(&changes, "Name")?,
+            armed: option_bool(&changes, "Armed")?,
+            input_gain: option_f64(&changes, "InputGain")?,
+            level: option_f64(&changes, "Level")?,
+            pan: option_f64(&changes, "Pan")?,
+            muted: option_bool(&changes, "Muted")?,
+            soloed: option_bool(&changes, "Soloed")?,
+            input: option_string(&changes, "Input")?,
+            monitoring: option_string(&changes, "Monitoring")?,
+        })
+        .await
+    }
+
     /// Track name (unique within the session).
     #[zbus(property)]
     async fn name(&self) -> Result<String, OverdubError> {
@@ -469,7 +521,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_name(&self, value: String) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             name: Some(value),
             ..TrackUpdate::default()
         })
@@ -483,7 +535,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_armed(&self, value: bool) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             armed: Some(value),
             ..TrackUpdate::default()
         })
@@ -497,7 +549,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_input_gain(&self, value: f64) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             input_gain: Some(value),
             ..TrackUpdate::default()
         })
@@ -511,7 +563,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_level(&self, value: f64) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             level: Some(value),
             ..TrackUpdate::default()
         })
@@ -525,7 +577,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_pan(&self, value: f64) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             pan: Some(value),
             ..TrackUpdate::default()
         })
@@ -539,7 +591,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_muted(&self, value: bool) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             muted: Some(value),
             ..TrackUpdate::default()
         })
@@ -553,7 +605,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_soloed(&self, value: bool) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             soloed: Some(value),
             ..TrackUpdate::default()
         })
@@ -567,7 +619,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_input(&self, value: String) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             input: Some(value),
             ..TrackUpdate::default()
         })
@@ -581,7 +633,7 @@ impl Track {
     }
     #[zbus(property)]
     async fn set_monitoring(&self, value: String) -> Result<(), OverdubError> {
-        self.update(TrackUpdate {
+        self.apply(TrackUpdate {
             monitoring: Some(value),
             ..TrackUpdate::default()
         })
