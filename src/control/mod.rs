@@ -78,6 +78,8 @@ pub enum Event {
         session: String,
         /// Track index (1-based).
         index: u32,
+        /// The session's track indices after the change.
+        tracks: Vec<u32>,
     },
     /// A track was removed.
     TrackRemoved {
@@ -85,15 +87,17 @@ pub enum Event {
         session: String,
         /// Track index (1-based).
         index: u32,
+        /// The session's track indices after the change.
+        tracks: Vec<u32>,
     },
     /// Track properties changed.
     TrackChanged {
         /// Session id.
         session: String,
-        /// Track index (1-based).
-        index: u32,
         /// Which ones.
         fields: Vec<TrackField>,
+        /// The track's settings after the change.
+        track: TrackRow,
     },
     /// A take's file is final.
     TakeFinished {
@@ -569,6 +573,7 @@ impl Control {
                 let _ = events.send(Event::TrackAdded {
                     session: s.id().to_string(),
                     index,
+                    tracks: s.tracks.keys().copied().collect(),
                 });
                 Ok(row)
             })
@@ -587,6 +592,7 @@ impl Control {
                 let _ = events.send(Event::TrackRemoved {
                     session: s.id().to_string(),
                     index,
+                    tracks: s.tracks.keys().copied().collect(),
                 });
                 Ok(())
             })
@@ -643,7 +649,7 @@ impl Control {
                     store.upsert_track(s.id(), old).await?;
                     return Err(e);
                 }
-                s.announce_track(index, fields);
+                s.announce_track(fields, row.clone());
                 Ok(row)
             })
         })

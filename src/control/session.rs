@@ -945,11 +945,11 @@ impl ActiveSession {
     }
 
     /// Sends a track's change to every surface.
-    pub fn announce_track(&self, index: u32, fields: Vec<TrackField>) {
+    pub fn announce_track(&self, fields: Vec<TrackField>, track: TrackRow) {
         let _ = self.events.send(Event::TrackChanged {
             session: self.row.id.clone(),
-            index,
             fields,
+            track,
         });
     }
 

@@ -9,9 +9,13 @@ mod interfaces;
 
 use std::path::{Path, PathBuf};
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use tokio::sync::broadcast::error::RecvError;
-use zbus::fdo::{ObjectManager, RequestNameFlags, RequestNameReply};
-use zbus::{connection, Connection};
+
+use zbus::fdo::{ObjectManager, Properties, RequestNameFlags, RequestNameReply};
+use zbus::object_server::SignalEmitter;
+use zbus::{connection, Connection, OwnedObjectPath, Variant};
 
 pub use interfaces::{metrics_dict, session_path, track_path, OverdubError, ROOT_PATH};
 use interfaces::{Manager, Session, Track};
@@ -307,6 +311,28 @@ async fn relay_events(connection: Connection, control: Control) {
     }
 }
 
+/// Emits `PropertiesChanged` for interface `I` at `path` with the values the event carried
+/// (no getter is called, so the relay never waits on a session).
+async fn properties_changed<I: zbus::object_server::Interface>(
+    connection: &Connection,
+    path: OwnedObjectPath,
+    changed: HashMap<&str, Variant<'_>>,
+) -> zbus::Result<()> {
+    let emitter = SignalEmitter::new(connection, path)?;
+    Properties::properties_changed(&emitter, I::name(), changed, Cow::Borrowed(&[])).await
+}
+
+/// Emits the session's new `Tracks` list.
+async fn announce_tracks(
+    connection: &Connection,
+    session: &str,
+    tracks: &[u32],
+) -> zbus::Result<()> {
+    let paths: Vec<OwnedObjectPath> = tracks.iter().map(|i| track_path(session, *i)).collect();
+    let changed = HashMap::from([("Tracks", Variant::from(paths))]);
+    properties_changed::<Session>(connection, session_path(session), changed).await
+}
+
 async fn relay(connection: &Connection, control: &Control, event: Event) -> zbus::Result<()> {
     let server = connection.object_server();
     match event {
@@ -314,63 +340,51 @@ async fn relay(connection: &Connection, control: &Control, event: Event) -> zbus
         Event::SessionRemoved { session } => {
             unexport_session(connection, control, &session).await?
         }
-        Event::State { session, .. } => {
-            let iface = server
-                .interface::<_, Session>(session_path(&session))
-                .await?;
-            iface
-                .get()
-                .await
-                .state_changed(iface.signal_emitter())
-                .await?;
+        Event::State { session, state, .. } => {
+            let changed = HashMap::from([("State", Variant::from(state.as_str()))]);
+            properties_changed::<Session>(connection, session_path(&session), changed).await?;
         }
-        Event::TrackAdded { session, index } => {
+        Event::TrackAdded {
+            session,
+            index,
+            tracks,
+        } => {
             export_track(connection, control, &session, index).await?;
-            let iface = server
-                .interface::<_, Session>(session_path(&session))
-                .await?;
-            iface
-                .get()
-                .await
-                .tracks_changed(iface.signal_emitter())
-                .await?;
+            announce_tracks(connection, &session, &tracks).await?;
         }
-        Event::TrackRemoved { session, index } => {
+        Event::TrackRemoved {
+            session,
+            index,
+            tracks,
+        } => {
             server
                 .remove::<Track, _>(track_path(&session, index))
                 .await?;
-            let iface = server
-                .interface::<_, Session>(session_path(&session))
-                .await?;
-            iface
-                .get()
-                .await
-                .tracks_changed(iface.signal_emitter())
-                .await?;
+            announce_tracks(connection, &session, &tracks).await?;
         }
         Event::TrackChanged {
             session,
-            index,
             fields,
+            track,
         } => {
-            let iface = server
-                .interface::<_, Track>(track_path(&session, index))
+            let changed = fields
+                .iter()
+                .map(|field| match field {
+                    TrackField::Name => ("Name", Variant::from(track.name.as_str())),
+                    TrackField::Armed => ("Armed", Variant::from(track.armed)),
+                    TrackField::InputGain => ("InputGain", Variant::from(track.input_gain)),
+                    TrackField::Level => ("Level", Variant::from(track.level)),
+                    TrackField::Pan => ("Pan", Variant::from(track.pan)),
+                    TrackField::Muted => ("Muted", Variant::from(track.muted)),
+                    TrackField::Soloed => ("Soloed", Variant::from(track.soloed)),
+                    TrackField::Input => ("Input", Variant::from(track.input.as_str())),
+                    TrackField::Monitoring => {
+                        ("Monitoring", Variant::from(track.monitoring.as_str()))
+                    }
+                })
+                .collect();
+            properties_changed::<Track>(connection, track_path(&session, track.index), changed)
                 .await?;
-            let track = iface.get().await;
-            let emitter = iface.signal_emitter();
-            for field in fields {
-                match field {
-                    TrackField::Name => track.name_changed(emitter).await?,
-                    TrackField::Armed => track.armed_changed(emitter).await?,
-                    TrackField::InputGain => track.input_gain_changed(emitter).await?,
-                    TrackField::Level => track.level_changed(emitter).await?,
-                    TrackField::Pan => track.pan_changed(emitter).await?,
-                    TrackField::Muted => track.muted_changed(emitter).await?,
-                    TrackField::Soloed => track.soloed_changed(emitter).await?,
-                    TrackField::Input => track.input_changed(emitter).await?,
-                    TrackField::Monitoring => track.monitoring_changed(emitter).await?,
-                }
-            }
         }
         Event::TakeFinished {
             session,
