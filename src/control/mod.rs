@@ -365,18 +365,14 @@ impl Control {
             active: true,
         };
         let tracks = (1..=count)
-            .map(|index| TrackRow {
-                index,
-                name: format!("Track {index}"),
-                channels: 1,
-                armed: index <= config.session.default_armed,
-                input_gain: 1.0,
-                level: 1.0,
-                pan: 0.0,
-                muted: false,
-                soloed: false,
-                input: format!("Virtual Input {index}"),
-                monitoring: Monitoring::Auto.as_str().into(),
+            .map(|index| {
+                new_track(
+                    index,
+                    format!("Track {index}"),
+                    1,
+                    index <= config.session.default_armed,
+                    format!("Virtual Input {index}"),
+                )
             })
             .collect();
         self.inner.store.create_session(row, tracks).await?;
@@ -555,19 +551,7 @@ impl Control {
                         "add the track disarmed while rolling, then arm it",
                     ));
                 }
-                let row = TrackRow {
-                    index,
-                    name,
-                    channels,
-                    armed,
-                    input_gain: 1.0,
-                    level: 1.0,
-                    pan: 0.0,
-                    muted: false,
-                    soloed: false,
-                    input,
-                    monitoring: Monitoring::Auto.as_str().into(),
-                };
+                let row = new_track(index, name, channels, armed, input);
                 store.upsert_track(s.id(), row.clone()).await?;
                 s.install_track(row.clone(), 1)?;
                 let _ = events.send(Event::TrackAdded {
@@ -871,6 +855,23 @@ impl Control {
             }
         }
         Ok(())
+    }
+}
+
+/// A new track's settings: unity gain and level, centred, unmuted, unsoloed, auto monitoring.
+fn new_track(index: u32, name: String, channels: u8, armed: bool, input: String) -> TrackRow {
+    TrackRow {
+        index,
+        name,
+        channels,
+        armed,
+        input_gain: 1.0,
+        level: 1.0,
+        pan: 0.0,
+        muted: false,
+        soloed: false,
+        input,
+        monitoring: Monitoring::Auto.as_str().into(),
     }
 }
 
