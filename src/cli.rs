@@ -56,6 +56,9 @@ enum Command {
         /// Audio graph: auto or virtual.
         #[arg(long, value_name = "BACKEND")]
         backend: Option<String>,
+        /// HTTP + WebSocket address (default `http.listen`, 127.0.0.1:7878).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Create, list, show, open, close and delete sessions.
     #[command(subcommand)]
@@ -260,10 +263,16 @@ pub fn parse_position(text: &str, sample_rate: u32) -> Result<u64, CliError> {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    if let Command::Daemon { config, backend } = cli.command {
+    if let Command::Daemon {
+        config,
+        backend,
+        listen,
+    } = cli.command
+    {
         let options = crate::daemon::DaemonOptions {
             config,
             backend,
+            listen,
             data_dir: cli.bus.data_dir.clone(),
             bus: cli.bus.choice(),
         };

@@ -41,6 +41,46 @@ pub struct Config {
     pub session: SessionDefaults,
     /// `[capture]`
     pub capture: CaptureConfig,
+    /// `[http]`
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the HTTP + WebSocket bridge.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on (`127.0.0.1:7878`; port 0 picks a free one).
+    pub listen: String,
+    /// Shared secret required from clients; mandatory for a non-loopback `listen`.
+    /// `$OVERDUB_TOKEN` overrides it.
+    pub token: String,
+    /// Browser `Origin` values allowed to connect (requests without `Origin` are not browsers).
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest accepted WebSocket message, in bytes.
+    pub max_ws_message_bytes: usize,
+    /// WebSocket clients served at once.
+    pub max_clients: usize,
+    /// Commands one WebSocket client may send per second.
+    pub commands_per_second: u32,
+    /// Milliseconds between `position` pushes while rolling.
+    pub position_interval_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:7878".into(),
+            token: String::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            max_ws_message_bytes: 1024 * 1024,
+            max_clients: 256,
+            commands_per_second: 200,
+            position_interval_ms: 50,
+        }
+    }
 }
 
 /// `[daemon]`: process-wide settings.
@@ -251,6 +291,28 @@ impl Config {
         }
         if !(0.0..=86_400.0).contains(&c.stop_free_seconds) {
             return bad("capture.stop_free_seconds", "must be 0–86400 seconds");
+        }
+        let h = &self.http;
+        if h.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "http.listen",
+                "must be an IP address and port, e.g. 127.0.0.1:7878",
+            );
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&h.max_body_bytes) {
+            return bad("http.max_body_bytes", "must be 1024–67108864");
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&h.max_ws_message_bytes) {
+            return bad("http.max_ws_message_bytes", "must be 1024–67108864");
+        }
+        if !(1..=10_000).contains(&h.max_clients) {
+            return bad("http.max_clients", "must be 1–10000");
+        }
+        if !(1..=100_000).contains(&h.commands_per_second) {
+            return bad("http.commands_per_second", "must be 1–100000");
+        }
+        if !(10..=10_000).contains(&h.position_interval_ms) {
+            return bad("http.position_interval_ms", "must be 10–10000");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.daemon.log_level).is_err() {
             return bad("daemon.log_level", "is not a valid log filter");

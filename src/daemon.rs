@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::{reload, EnvFilter};
 
+use crate::bridge;
 use crate::config::{default_data_dir, p2p_socket_path, Config};
 use crate::control::Control;
 use crate::dbus::{self, BusChoice};
@@ -26,6 +27,8 @@ pub struct DaemonOptions {
     pub data_dir: Option<PathBuf>,
     /// `--system` / `--bus-address` (None = session bus)
     pub bus: Option<BusChoice>,
+    /// `--listen` (None = `http.listen`)
+    pub listen: Option<String>,
 }
 
 /// A start-up failure, printed as one clear line before exiting non-zero.
@@ -68,6 +71,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     if config.audio.backend == "auto" {
         tracing::info!("backend auto: this build has no JACK, PipeWire or ALSA support; using the virtual graph");
     }
+    let http = config.http.clone();
+    let listener = bridge::bind(&http, options.listen.as_deref())
+        .await
+        .map_err(fail)?;
     let store = Store::open(&data_dir.join("overdub.db")).map_err(fail)?;
     let control = Control::start(config, data_dir.clone(), store.clone())
         .await
@@ -90,6 +97,18 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         Ok(None) => return Err(fail("the requested bus is not reachable")),
         Err(e) => return Err(fail(e)),
     };
+    let (stop_bridge, bridge_stopped) = tokio::sync::oneshot::channel::<()>();
+    let bridge_addr = listener.local_addr().map_err(fail)?;
+    let state = bridge::AppState {
+        token: bridge::token_from(&http),
+        control: control.clone(),
+        config: std::sync::Arc::new(http),
+        ws_clients: Default::default(),
+    };
+    let bridge_task = tokio::spawn(bridge::serve(listener, state, async move {
+        let _ = bridge_stopped.await;
+    }));
+    tracing::info!(addr = %bridge_addr, "HTTP and WebSocket bridge listening");
     tracing::info!(
         data_dir = %data_dir.display(),
         ready_ms = started.elapsed().as_millis() as u64,
@@ -114,6 +133,13 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     }
     if let Some(socket) = &p2p_socket {
         let _ = std::fs::remove_file(socket);
+    }
+    let _ = stop_bridge.send(());
+    if tokio::time::timeout(Duration::from_secs(2), bridge_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the HTTP bridge did not close its connections in 2 s");
     }
     control.shutdown().await;
     store.close();

@@ -2,10 +2,11 @@
 //!
 //! The module tree mirrors the threads (DESIGN.md §2): `engine` runs in the audio callback,
 //! `backend` drives it, `capture` is the disk-writer thread, `store` the SQLite thread, and
-//! `control`, `dbus` and `daemon` run on tokio.
+//! `control`, `dbus`, `bridge` (HTTP + WebSocket) and `daemon` run on tokio.
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
+pub mod bridge;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -22,7 +22,9 @@ use crate::backend::DeviceInfo;
 use crate::capture::repair_wav;
 use crate::config::Config;
 use crate::engine::{Monitoring, TransportState};
-use crate::store::{ClipRow, SessionRow, Store, TakeEvent, TakeMetrics, TakeStatus, TrackRow};
+use crate::store::{
+    ClipRow, SessionRow, Store, TakeEvent, TakeMetrics, TakeRow, TakeStatus, TrackRow,
+};
 
 /// How often each active session's pump applies engine and writer reports when nobody calls.
 const PUMP_INTERVAL: Duration = Duration::from_millis(20);
@@ -638,6 +640,15 @@ impl Control {
             })
         })
         .await
+    }
+
+    /// Every take of a session (active or stored), oldest first, as journaled in the store:
+    /// the bridge reports take ids, paths and frames from it.
+    pub async fn takes(&self, id: &str) -> ControlResult<Vec<TakeRow>> {
+        if self.inner.store.load_session(id).await?.is_none() {
+            return Err(not_found_session(id));
+        }
+        Ok(self.inner.store.list_takes(id).await?)
     }
 
     /// Seconds of recording of the armed tracks that the free disk space allows.

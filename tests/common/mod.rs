@@ -106,7 +106,8 @@ pub fn write_config(dir: &Path, settings: &Settings) -> PathBuf {
         format!(
             "[audio]\nbackend = \"virtual\"\nsample_rate = {RATE}\nperiod = {PERIOD}\n\
              [engine]\nmax_tracks = {}\n\
-             [capture]\nformat = \"{}\"\nflush_interval = {}\nmin_free_seconds = {}\nstop_free_seconds = {}\n",
+             [capture]\nformat = \"{}\"\nflush_interval = {}\nmin_free_seconds = {}\nstop_free_seconds = {}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
             settings.max_tracks,
             settings.format,
             settings.flush_interval,
@@ -188,6 +189,21 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The bridge's address, from the daemon's log line.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("bridge listening"))
+            .unwrap_or_else(|| panic!("no bridge address in the log:\n{log}"));
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unreadable bridge line: {line}"));
+        addr.parse().unwrap()
     }
 
     pub fn pid(&self) -> i32 {
