@@ -1,11 +1,12 @@
 //! The HTTP + WebSocket bridge (DESIGN.md §5.3): thin adapters over [`Control`] for web
-//! front-ends and remote rigs. REST routes live in [`http`]; this
+//! front-ends and remote rigs. REST routes live in [`http`], the WebSocket in [`ws`]; this
 //! module holds what they share: state, the one mapping of control errors to HTTP, the token
 //! and `Origin` checks, limits, and the server's life.
 //!
 //! Not real-time: runs on tokio.
 
 pub mod http;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -120,6 +121,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .merge(http::routes())
+        .merge(ws::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

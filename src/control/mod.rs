@@ -518,6 +518,28 @@ impl Control {
             .await
     }
 
+    /// Transport state and position of an active session, without applying pending reports
+    /// (the pump applies them every 20 ms): cheap enough for the bridge's position pushes.
+    pub async fn transport(&self, id: &str) -> ControlResult<(TransportState, u64)> {
+        self.with_session(id, |s| Box::pin(async move { Ok((s.state, s.position())) }))
+            .await
+    }
+
+    /// Peak and RMS in dBFS per track, each with its track index, for surfaces that name
+    /// tracks (the WebSocket `meters` push).
+    pub async fn track_meters(&self, id: &str) -> ControlResult<Vec<(u32, f64, f64)>> {
+        self.with_session(id, |s| {
+            Box::pin(async move {
+                let indices = s.tracks.keys().copied();
+                Ok(indices
+                    .zip(s.meters())
+                    .map(|(index, (peak, rms))| (index, peak, rms))
+                    .collect())
+            })
+        })
+        .await
+    }
+
     /// Adds a track to an active session.
     pub async fn add_track(&self, id: &str, request: AddTrack) -> ControlResult<TrackRow> {
         let name = validate::name("track", &request.name)?;

@@ -1,0 +1,147 @@
+//! A client's subscriptions and the task that feeds its [`Outbox`]: events from
+//! [`Control::subscribe`] as they happen, `position` every `http.position_interval_ms` while a
+//! session rolls, `meters` at the client's rate. This task never waits on the client: it only
+//! fills the bounded outbox, so a slow client costs no memory and no other client any time.
+//!
+//! Not real-time: runs on tokio.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::{interval, Interval, MissedTickBehavior};
+
+use super::outbox::Outbox;
+use super::wire::{self, Topic};
+use crate::control::Control;
+use crate::engine::TransportState;
+
+/// The highest `meterRateHz` served; higher requests are capped to it.
+pub const MAX_METER_RATE_HZ: f64 = 60.0;
+/// The lowest `meterRateHz` accepted.
+pub const MIN_METER_RATE_HZ: f64 = 0.1;
+/// `meterRateHz` until the client asks for another.
+pub const DEFAULT_METER_RATE_HZ: f64 = 10.0;
+
+/// What a client wants pushed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subscription {
+    /// Subscribed topics.
+    pub topics: BTreeSet<Topic>,
+    /// Meter pushes per second (`MIN_METER_RATE_HZ`–`MAX_METER_RATE_HZ`).
+    pub meter_rate_hz: f64,
+    /// Only this session's pushes; `None`: the connection's bound session, else every session.
+    pub session: Option<String>,
+}
+
+impl Default for Subscription {
+    fn default() -> Self {
+        Subscription {
+            topics: BTreeSet::new(),
+            meter_rate_hz: DEFAULT_METER_RATE_HZ,
+            session: None,
+        }
+    }
+}
+
+/// Feeds `outbox` according to `subscription` until the connection drops the sender.
+pub async fn run(
+    control: Control,
+    position_interval: Duration,
+    bound: Option<String>,
+    mut subscription: watch::Receiver<Subscription>,
+    outbox: Arc<Outbox>,
+) {
+    let rate = control.info().sample_rate;
+    let mut events = control.subscribe();
+    let mut current = subscription.borrow_and_update().clone();
+    let mut position_tick = ticker(position_interval);
+    let mut meter_tick = ticker(meter_period(current.meter_rate_hz));
+    loop {
+        let wants_position = current.topics.contains(&Topic::Position);
+        let wants_meters = current.topics.contains(&Topic::Meters);
+        tokio::select! {
+            changed = subscription.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let next = subscription.borrow_and_update().clone();
+                if next.meter_rate_hz != current.meter_rate_hz {
+                    meter_tick = ticker(meter_period(next.meter_rate_hz));
+                }
+                current = next;
+            }
+            received = events.recv() => match received {
+                Ok(event) => {
+                    let scope = current.session.as_deref().or(bound.as_deref());
+                    if scope.is_some_and(|s| wire::event_session(&event) != Some(s)) {
+                        continue;
+                    }
+                    let (topic, text) = wire::event_push(&event, rate);
+                    if current.topics.contains(&topic) {
+                        outbox.push_event(text);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(lost)) => {
+                    if current.topics.iter().any(|t| !matches!(t, Topic::Position | Topic::Meters)) {
+                        outbox.count_lost(lost);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = position_tick.tick(), if wants_position => {
+                for id in sessions(&control, &current, bound.as_deref()).await {
+                    if let Ok((state, frame)) = control.transport(&id).await {
+                        if matches!(state, TransportState::Playing | TransportState::Recording) {
+                            outbox.set_latest(
+                                Topic::Position,
+                                &id,
+                                wire::position_push(&id, state, frame, rate),
+                            );
+                        }
+                    }
+                }
+            }
+            _ = meter_tick.tick(), if wants_meters => {
+                for id in sessions(&control, &current, bound.as_deref()).await {
+                    if let Ok(meters) = control.track_meters(&id).await {
+                        outbox.set_latest(Topic::Meters, &id, wire::meters_push(&id, &meters));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sessions whose positions and meters this client gets.
+async fn sessions(control: &Control, sub: &Subscription, bound: Option<&str>) -> Vec<String> {
+    match sub.session.as_deref().or(bound) {
+        Some(id) => vec![id.to_string()],
+        None => control.active_sessions().await,
+    }
+}
+
+/// The time between meter pushes at `rate_hz` (already within the accepted range).
+pub fn meter_period(rate_hz: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / rate_hz.clamp(MIN_METER_RATE_HZ, MAX_METER_RATE_HZ))
+}
+
+/// A steady ticker that skips missed ticks instead of bursting to catch up.
+fn ticker(period: Duration) -> Interval {
+    let mut tick = interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tick
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meter_periods_follow_the_rate_within_the_cap() {
+        assert_eq!(meter_period(20.0), Duration::from_millis(50));
+        assert_eq!(meter_period(1000.0), meter_period(MAX_METER_RATE_HZ));
+        assert_eq!(meter_period(0.0), Duration::from_secs(10));
+    }
+}
