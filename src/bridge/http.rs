@@ -161,21 +161,12 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// The 1-based index in a wire track id `track_N`.
 pub fn parse_track_id(id: &str) -> Result<u32, ControlError> {
-    id.strip_prefix("track_")
-        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|&n| n >= 1)
-        .ok_or_else(|| {
-            ControlError::invalid_argument(format!(
-                "a track id is track_N with N from 1, got {id:?}"
-            ))
-        })
+    super::shapes::parse_track_id(id).ok_or_else(|| {
+        ControlError::invalid_argument(format!("a track id is track_N with N from 1, got {id:?}"))
+    })
 }
 
-/// The wire track id of a 1-based index.
-pub fn track_id(index: u32) -> String {
-    format!("track_{index}")
-}
+pub use super::shapes::track_id;
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! Not real-time: runs on tokio.
 
 pub mod http;
+pub mod shapes;
 pub mod ws;
 
 use std::future::Future;

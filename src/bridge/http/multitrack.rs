@@ -28,11 +28,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_track_id, track_id, JsonBody, PathArgs};
-use crate::bridge::{ApiError, AppState};
-use crate::control::{Control, ControlError, CreateSession, SessionInfo, TrackUpdate};
+use super::{parse_track_id, JsonBody, PathArgs};
+use crate::bridge::{shapes, ApiError, AppState};
+use crate::control::{Control, ControlError, CreateSession, TrackUpdate};
 use crate::engine::TransportState;
-use crate::store::TrackRow;
 
 /// The multitrack routes, relative to their prefix.
 pub fn routes() -> Router<AppState> {
@@ -134,14 +133,14 @@ async fn create(
     }
     let info = control.session(&id).await?;
     Ok(Json(
-        json!({"success": true, "session": session_json(control, &info)}),
+        json!({"success": true, "session": shapes::session(&info, control.info().buffer_size)}),
     ))
 }
 
 async fn show(State(state): State<AppState>, PathArgs(id): PathArgs<String>) -> Reply {
     let info = state.control.session(&id).await?;
     Ok(Json(
-        json!({"success": true, "session": session_json(&state.control, &info)}),
+        json!({"success": true, "session": shapes::session(&info, state.control.info().buffer_size)}),
     ))
 }
 
@@ -180,7 +179,7 @@ async fn update_track(
         .control
         .update_track(&id, index, change.into_update())
         .await?;
-    Ok(Json(json!({"success": true, "track": track_json(&row)})))
+    Ok(Json(json!({"success": true, "track": shapes::track(&row)})))
 }
 
 async fn delete(State(state): State<AppState>, PathArgs(id): PathArgs<String>) -> Reply {
@@ -204,41 +203,6 @@ async fn transport_reply(control: &Control, id: &str) -> Reply {
     })))
 }
 
-/// The multitrack API's session object.
-fn session_json(control: &Control, info: &SessionInfo) -> Value {
-    let rate = f64::from(info.row.sample_rate.max(1));
-    json!({
-        "sessionId": info.row.id,
-        "projectId": info.row.project_id,
-        "userId": info.row.user_id,
-        "name": info.row.name,
-        "tracks": info.tracks.iter().map(track_json).collect::<Vec<_>>(),
-        "sampleRate": info.row.sample_rate,
-        "bufferSize": control.info().buffer_size,
-        "isRecording": info.state == TransportState::Recording,
-        "state": info.state.as_str(),
-        "position": info.position,
-        "positionSeconds": info.position as f64 / rate,
-    })
-}
-
-/// The multitrack API's track object.
-fn track_json(row: &TrackRow) -> Value {
-    json!({
-        "trackId": track_id(row.index),
-        "name": row.name,
-        "armed": row.armed,
-        "level": row.level,
-        "pan": row.pan,
-        "muted": row.muted,
-        "soloed": row.soloed,
-        "inputGain": row.input_gain,
-        "channels": row.channels,
-        "input": row.input,
-        "monitoring": row.monitoring,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,28 +218,5 @@ mod tests {
         assert_eq!(update.input_gain, Some(2.0));
         assert_eq!(update.muted, Some(true));
         assert_eq!(update.level, None);
-    }
-
-    #[test]
-    fn the_track_object_uses_the_wire_names() {
-        let row = TrackRow {
-            index: 3,
-            name: "Bass".into(),
-            channels: 1,
-            armed: true,
-            input_gain: 1.5,
-            level: 0.7,
-            pan: -0.2,
-            muted: false,
-            soloed: true,
-            input: "Virtual Input 3".into(),
-            monitoring: "auto".into(),
-        };
-        let json = track_json(&row);
-        assert_eq!(json["trackId"], "track_3");
-        assert_eq!(json["inputGain"], 1.5);
-        assert_eq!(json["level"], 0.7);
-        assert_eq!(json["pan"], -0.2);
-        assert_eq!(json["soloed"], true);
     }
 }

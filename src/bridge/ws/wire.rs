@@ -3,9 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::control::{ControlError, DaemonInfo, Event, SessionInfo, StoredSession, TrackField};
+use crate::control::{ControlError, DaemonInfo, Event, StoredSession, TrackField};
 use crate::engine::TransportState;
-use crate::store::TrackRow;
 
 /// A push topic a client can subscribe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,60 +52,7 @@ impl Topic {
     }
 }
 
-/// `track_N` for track index N (1-based), the track id used on the wire.
-pub fn track_id(index: u32) -> String {
-    format!("track_{index}")
-}
-
-/// Inverse of [`track_id`]: `Some(N)` for `track_N` with N ≥ 1.
-pub fn parse_track_id(id: &str) -> Option<u32> {
-    let digits = id.strip_prefix("track_")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok().filter(|&n| n >= 1)
-}
-
-/// Seconds at `rate` frames per second.
-fn seconds(frame: u64, rate: u32) -> f64 {
-    frame as f64 / f64::from(rate.max(1))
-}
-
-/// A track object: `trackId`, `name`, `armed`, `level`, `pan`, `muted`, `soloed`,
-/// `inputGain`, plus `channels`, `input`, `monitoring`.
-pub fn track(row: &TrackRow) -> Value {
-    json!({
-        "trackId": track_id(row.index),
-        "name": row.name,
-        "armed": row.armed,
-        "level": row.level,
-        "pan": row.pan,
-        "muted": row.muted,
-        "soloed": row.soloed,
-        "inputGain": row.input_gain,
-        "channels": row.channels,
-        "input": row.input,
-        "monitoring": row.monitoring,
-    })
-}
-
-/// A session object as the multitrack-recorder API shapes it, plus `name`, `state`,
-/// `position` (frames) and `positionSeconds`.
-pub fn session(info: &SessionInfo, buffer_size: u32) -> Value {
-    json!({
-        "sessionId": info.row.id,
-        "name": info.row.name,
-        "projectId": info.row.project_id,
-        "userId": info.row.user_id,
-        "tracks": info.tracks.iter().map(track).collect::<Vec<_>>(),
-        "sampleRate": info.row.sample_rate,
-        "bufferSize": buffer_size,
-        "isRecording": info.state == TransportState::Recording,
-        "state": info.state.as_str(),
-        "position": info.position,
-        "positionSeconds": seconds(info.position, info.row.sample_rate),
-    })
-}
+pub use crate::bridge::shapes::{parse_track_id, seconds, session, track, track_id};
 
 /// A stored session in `list_sessions`.
 pub fn stored_session(stored: &StoredSession) -> Value {
