@@ -123,16 +123,6 @@ impl Api {
     }
 }
 
-fn start_daemon(dir: &Path) -> (Bus, Daemon) {
-    let bus = Bus::start();
-    let daemon = Daemon::start(
-        &Reach::Bus(bus.address.clone()),
-        &dir.join("data"),
-        &Settings::default(),
-    );
-    (bus, daemon)
-}
-
 /// Number of stored sessions, read from the database directly.
 fn stored_sessions(daemon: &Daemon) -> i64 {
     let db = rusqlite::Connection::open_with_flags(
@@ -147,7 +137,7 @@ fn stored_sessions(daemon: &Daemon) -> i64 {
 #[test]
 fn the_multitrack_recorder_flow_records_three_tracks() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = start_daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let api = Api::of(&daemon);
 
     let created = api
@@ -236,20 +226,7 @@ fn the_multitrack_recorder_flow_records_three_tracks() {
         .expect(200);
     assert_eq!(stopped["success"], true);
     let metrics = &stopped["metrics"];
-    for key in [
-        "sessionId",
-        "recordedTracks",
-        "totalDuration",
-        "averageLatency",
-        "bufferUnderruns",
-        "dataReceived",
-        "xruns",
-        "droppedFrames",
-        "diskBufferMinFill",
-        "clipCount",
-    ] {
-        assert!(metrics.get(key).is_some(), "metrics lack {key}: {metrics}");
-    }
+    assert_metrics_keys(metrics);
     assert_eq!(metrics["sessionId"], id);
     assert_eq!(metrics["recordedTracks"], 3);
     let duration_ms = metrics["totalDuration"].as_f64().unwrap();
@@ -308,7 +285,7 @@ fn the_multitrack_recorder_flow_records_three_tracks() {
 #[test]
 fn a_create_with_a_refused_track_value_leaves_no_session() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = start_daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let api = Api::of(&daemon);
 
     let message = api
@@ -358,7 +335,7 @@ fn a_create_with_a_refused_track_value_leaves_no_session() {
 #[test]
 fn the_audiolab_flow_arms_records_and_plays_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = start_daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let api = Api::of(&daemon);
 
     let health = api.get("/health").expect(200);
@@ -541,7 +518,7 @@ fn the_audiolab_flow_arms_records_and_plays_back() {
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = start_daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let api = Api::of(&daemon);
     let created = api
         .send(

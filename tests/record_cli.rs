@@ -47,20 +47,7 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
     assert_eq!(status["backend"], "virtual");
 
     // Metrics: every DESIGN.md field, plausible values.
-    for key in [
-        "sessionId",
-        "recordedTracks",
-        "totalDuration",
-        "averageLatency",
-        "bufferUnderruns",
-        "dataReceived",
-        "xruns",
-        "droppedFrames",
-        "diskBufferMinFill",
-        "clipCount",
-    ] {
-        assert!(metrics.get(key).is_some(), "metrics lack {key}: {metrics}");
-    }
+    assert_metrics_keys(&metrics);
     assert_eq!(metrics["sessionId"], id);
     assert_eq!(metrics["recordedTracks"], 8);
     let duration_ms = metrics["totalDuration"].as_f64().unwrap();

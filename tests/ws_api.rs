@@ -124,17 +124,6 @@ async fn connect(addr: SocketAddr, path: &str) -> TcpClient {
     }
 }
 
-/// A daemon with the default `[http]` limits on a private bus.
-fn daemon(dir: &Path) -> (Bus, Daemon) {
-    let bus = Bus::start();
-    let daemon = Daemon::start(
-        &Reach::Bus(bus.address.clone()),
-        &dir.join("data"),
-        &Settings::default(),
-    );
-    (bus, daemon)
-}
-
 /// A daemon whose `[http]` section also holds `extra` (the harness writes only `listen`).
 /// Its log goes where [`Daemon::adopt`] reads it, so [`Daemon::http_addr`] works.
 fn daemon_with_http(dir: &Path, extra: &str) -> (Bus, Daemon) {
@@ -178,7 +167,7 @@ fn rss_kib(pid: i32) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn control_round_trips_change_the_state_the_daemon_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let addr = daemon.http_addr();
     let mut ws = connect(addr, "/ws").await;
 
@@ -310,7 +299,7 @@ async fn control_round_trips_change_the_state_the_daemon_reports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn position_is_pushed_every_50_ms_while_rolling_and_meters_at_the_asked_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let addr = daemon.http_addr();
     let mut ws = connect(addr, "/ws").await;
     let id = ws
@@ -537,7 +526,7 @@ async fn a_client_that_stops_reading_costs_bounded_memory_and_keeps_working() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_concurrent_clients_are_all_served() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let addr = daemon.http_addr();
     let mut control = connect(addr, "/ws").await;
     let id = control
@@ -577,7 +566,7 @@ async fn a_hundred_concurrent_clients_are_all_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_error_frames_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (_bus, daemon) = daemon(dir.path());
+    let (_bus, daemon) = start_on_private_bus(dir.path());
     let addr = daemon.http_addr();
     let mut ws = connect(addr, "/ws").await;
     let id = ws

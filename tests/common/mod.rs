@@ -466,6 +466,38 @@ pub fn matching_run(channel: usize, samples: &[f32], from: usize, k: u64) -> usi
         .count()
 }
 
+/// A private bus and a daemon with default settings on it, data under `dir/data`.
+pub fn start_on_private_bus(dir: &Path) -> (Bus, Daemon) {
+    let bus = Bus::start();
+    let daemon = Daemon::start(
+        &Reach::Bus(bus.address.clone()),
+        &dir.join("data"),
+        &Settings::default(),
+    );
+    (bus, daemon)
+}
+
+/// The keys of the metrics dictionary (DESIGN.md §5.1), as JSON carries them.
+pub const METRICS_KEYS: [&str; 10] = [
+    "sessionId",
+    "recordedTracks",
+    "totalDuration",
+    "averageLatency",
+    "bufferUnderruns",
+    "dataReceived",
+    "xruns",
+    "droppedFrames",
+    "diskBufferMinFill",
+    "clipCount",
+];
+
+/// Asserts that `metrics` has every key of the metrics dictionary.
+pub fn assert_metrics_keys(metrics: &Json) {
+    for key in METRICS_KEYS {
+        assert!(metrics.get(key).is_some(), "metrics lack {key}: {metrics}");
+    }
+}
+
 /// Reads all of a child's stdout in a thread (for monitors).
 pub fn collect_stdout(mut child: Child) -> (Child, std::thread::JoinHandle<String>) {
     let mut stdout = child.stdout.take().unwrap();
