@@ -103,18 +103,19 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
     // apart from the paused time, which is excluded).
     let views: Vec<(usize, &[f32])> = tracks.iter().map(|(c, w)| (*c, &w.samples[..])).collect();
     let k1 = find_offset(&views, 0).expect("files start with their tones, aligned");
-    let seam = matching_run(views[0].0, views[0].1, 0, k1);
+    // The seam is where the tracks stop matching together. One track alone can run on
+    // through it by coincidence: when the paused time is a multiple of its tone's period.
+    let seam = views
+        .iter()
+        .map(|(channel, samples)| matching_run(*channel, samples, 0, k1))
+        .min()
+        .unwrap();
     assert!(
         seam > 48_000 && seam < frames,
         "first stretch is {seam} frames"
     );
-    for (channel, samples) in &views {
-        assert_eq!(
-            matching_run(*channel, samples, 0, k1),
-            seam,
-            "channel {channel}: seam at the same sample"
-        );
-    }
+    // From that same sample on, every file continues with one aligned stretch: a track whose
+    // seam came later would still be on its first stretch here and fail below.
     let k2 = find_offset(&views, seam).expect("after the pause, aligned tones again");
     for (channel, samples) in &views {
         assert_eq!(
