@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::backend::virtual_graph::{VirtualConfig, VirtualSignal};
+
 use crate::capture::SampleFormat;
 
 /// A configuration problem: the file cannot be read or parsed, or a value is out of range.
@@ -35,6 +37,8 @@ pub struct Config {
     /// `[virtual]`
     #[serde(rename = "virtual")]
     pub virtual_graph: VirtualGraphConfig,
+    /// `[jack]`
+    pub jack: JackConfig,
     /// `[engine]`
     pub engine: EngineLimits,
     /// `[session]`
@@ -106,9 +110,9 @@ impl Default for DaemonConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AudioConfig {
-    /// `auto` or `virtual`.
+    /// `auto` (JACK when a server answers, else virtual), `jack` or `virtual`.
     pub backend: String,
-    /// Frames per second for the virtual graph.
+    /// Frames per second for the virtual graph (JACK sets its own).
     pub sample_rate: u32,
     /// Frames per cycle for the virtual graph.
     pub period: u32,
@@ -120,6 +124,22 @@ impl Default for AudioConfig {
             backend: "auto".into(),
             sample_rate: 48_000,
             period: 256,
+        }
+    }
+}
+
+/// `[jack]`: the JACK client.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JackConfig {
+    /// Client name (JACK appends `-01`… when it is taken).
+    pub client_name: String,
+}
+
+impl Default for JackConfig {
+    fn default() -> Self {
+        JackConfig {
+            client_name: "overdub".into(),
         }
     }
 }
@@ -246,14 +266,34 @@ impl Config {
         }
     }
 
+    /// The virtual graph's settings (its input count follows `engine.max_tracks`).
+    pub fn virtual_config(&self) -> VirtualConfig {
+        VirtualConfig {
+            sample_rate: self.audio.sample_rate,
+            period: self.audio.period,
+            signal: if self.virtual_graph.signal == "silence" {
+                VirtualSignal::Silence
+            } else {
+                VirtualSignal::Tones
+            },
+            input_count: self.engine.max_tracks as usize,
+        }
+    }
+
     /// Checks every value's range; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config {key}: {why}")));
-        if !matches!(self.audio.backend.as_str(), "auto" | "virtual") {
+        if !matches!(self.audio.backend.as_str(), "auto" | "jack" | "virtual") {
             return bad(
                 "audio.backend",
-                "must be \"auto\" or \"virtual\" (the only audio graph this build has)",
+                "must be \"auto\", \"jack\" or \"virtual\" (PipeWire and ALSA are not in this build)",
             );
+        }
+        if self.jack.client_name.is_empty()
+            || self.jack.client_name.len() > 48
+            || self.jack.client_name.contains([':', '\0'])
+        {
+            return bad("jack.client_name", "must be 1–48 characters without ':'");
         }
         if !(8_000..=384_000).contains(&self.audio.sample_rate) {
             return bad("audio.sample_rate", "must be 8000–384000");

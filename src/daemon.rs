@@ -68,9 +68,6 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         ))
     })?;
     let _lock = lock_data_dir(&data_dir)?;
-    if config.audio.backend == "auto" {
-        tracing::info!("backend auto: this build has no JACK, PipeWire or ALSA support; using the virtual graph");
-    }
     let http = config.http.clone();
     let listener = bridge::bind(&http, options.listen.as_deref())
         .await
@@ -151,14 +148,26 @@ type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 /// Logs to stderr (journald picks it up under systemd). `OVERDUB_LOG` or `RUST_LOG` override
 /// the configured level.
+/// A log filter from a spec. libjack's own messages (target `jack::logging`) are left out unless
+/// the spec names them: overdub logs what matters itself, and libjack repeats "cannot connect"
+/// on every look for a lost server.
+fn log_filter(spec: &str) -> Option<EnvFilter> {
+    let filter = EnvFilter::try_new(spec).ok()?;
+    if spec.contains("jack::logging") {
+        return Some(filter);
+    }
+    Some(filter.add_directive("jack::logging=off".parse().ok()?))
+}
+
 fn init_logging(level: &str) -> LogHandle {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = std::env::var("OVERDUB_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(level));
+        .and_then(|f| log_filter(&f))
+        .or_else(|| log_filter(level))
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let _ = tracing_subscriber::registry()
         .with(filter)
@@ -185,7 +194,7 @@ async fn reload(
     };
     match result {
         Ok((config, _)) => {
-            if let Ok(filter) = EnvFilter::try_new(&config.daemon.log_level) {
+            if let Some(filter) = log_filter(&config.daemon.log_level) {
                 let _ = log.modify(|f| *f = filter);
             }
             control.reload(config).await;

@@ -1,13 +1,76 @@
 //! Audio backends: they own the [`Processor`] while running and call
 //! [`Processor::process`] once per period with their input and output buffers.
 //!
+//! - [`jack`] (feature `jack`): one JACK client shared by the active sessions, ports per track.
 //! - [`virtual_graph`]: clock-driven tones or silence, for machines without an audio server.
 //! - [`offline`]: pull-driven, as fast as asked, for tests, benchmarks and export.
+//!
+//! [`Graph`] is the daemon-wide choice (`audio.backend`); each active session starts its own
+//! [`RunningBackend`] from it.
 
+#[cfg(feature = "jack")]
+pub mod jack;
 pub mod offline;
 pub mod virtual_graph;
 
-use crate::engine::{AudioInputs, Processor};
+use std::fmt;
+#[cfg(feature = "jack")]
+use std::sync::Arc;
+
+use crate::engine::{AudioInputs, Processor, NO_INPUT};
+use virtual_graph::{start_virtual, virtual_devices, VirtualConfig};
+
+/// Why a backend refused or failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendError {
+    /// The caller's input word was wrong (as opposed to the audio server failing).
+    pub invalid_input: bool,
+    /// What happened, for users.
+    pub message: String,
+}
+
+impl BackendError {
+    /// A bad input word (unknown port or device, wrong channel count).
+    pub fn input(message: impl Into<String>) -> Self {
+        BackendError {
+            invalid_input: true,
+            message: message.into(),
+        }
+    }
+
+    /// The audio server or the graph failed.
+    pub fn failed(message: impl Into<String>) -> Self {
+        BackendError {
+            invalid_input: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+/// What a running backend reports to its session between periods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// The audio server went away: the processor no longer runs (see
+    /// [`RunningBackend::run_detached`]).
+    Lost,
+    /// The server is back: ports and connections are restored and the processor runs again.
+    Restored,
+    /// Someone changed the connections of track `slot`'s ports; `input` is the new input word.
+    InputChanged {
+        /// Track slot (0-based).
+        slot: u16,
+        /// The input word now true of the graph.
+        input: String,
+    },
+}
 
 /// Whether a device captures or plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,14 +109,224 @@ pub struct BackendInfo {
     pub output_latency_frames: u32,
 }
 
-/// A backend whose audio thread is running the processor.
+/// A backend whose audio thread is running one session's processor. Every method runs off the
+/// real-time thread.
 pub trait RunningBackend: Send {
     /// Rate, period and latencies.
     fn info(&self) -> BackendInfo;
     /// The devices (channel groups) tracks can take input from, and the outputs.
     fn devices(&self) -> Vec<DeviceInfo>;
-    /// Stops the audio thread and hands the processor back (so it is dropped off the RT thread).
-    fn stop(self: Box<Self>) -> Processor;
+    /// Checks an input word for a track of `channels` channels, changing nothing.
+    fn check_input(&self, input: &str, channels: u8) -> Result<(), BackendError>;
+    /// Gives track `slot` its ports (where the backend has ports per track) and routes `input`
+    /// to it; returns the engine input channels for [`TrackParams::input`](crate::engine::TrackParams).
+    fn route_track(
+        &mut self,
+        slot: u16,
+        name: &str,
+        channels: u8,
+        input: &str,
+    ) -> Result<[u16; 2], BackendError>;
+    /// Follows a track rename (port names).
+    fn rename_track(&mut self, slot: u16, name: &str) -> Result<(), BackendError>;
+    /// Releases track `slot`'s ports.
+    fn remove_track(&mut self, slot: u16);
+    /// Housekeeping between periods: reports xruns through `xruns` and returns what changed.
+    fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent>;
+    /// Whether the audio server is there and the processor runs.
+    fn is_running(&self) -> bool;
+    /// While the server is gone, runs the processor once over `frames` frames of silence on the
+    /// calling thread (so queued commands such as a stop take effect). `false` if it is not
+    /// detached.
+    fn run_detached(&mut self, frames: usize) -> bool;
+    /// Stops the audio thread and hands the processor back (so it is dropped off the RT
+    /// thread); `None` if the audio server kept it.
+    fn stop(self: Box<Self>) -> Option<Processor>;
+}
+
+/// The audio graph the daemon runs on, chosen once at start (`audio.backend`).
+pub enum Graph {
+    /// The built-in clock-driven graph.
+    Virtual(VirtualConfig),
+    /// The shared JACK client.
+    #[cfg(feature = "jack")]
+    Jack(Arc<jack::JackGraph>),
+}
+
+impl Graph {
+    /// Chooses the graph for `backend` (`auto`, `jack` or `virtual`): `auto` takes JACK when a
+    /// server answers, else the virtual graph, and logs why. `jack` fails when no server answers.
+    pub fn choose(
+        backend: &str,
+        virtual_config: VirtualConfig,
+        jack_client: &str,
+    ) -> Result<Graph, BackendError> {
+        #[cfg(not(feature = "jack"))]
+        let _ = jack_client;
+        match backend {
+            "virtual" => Ok(Graph::Virtual(virtual_config)),
+            #[cfg(feature = "jack")]
+            "jack" => Ok(Graph::Jack(Arc::new(jack::JackGraph::open(jack_client)?))),
+            #[cfg(feature = "jack")]
+            "auto" => match jack::JackGraph::open(jack_client) {
+                Ok(graph) => {
+                    tracing::info!(
+                        client = graph.client_name(),
+                        rate = graph.sample_rate(),
+                        "backend auto: a JACK server answers; using JACK"
+                    );
+                    Ok(Graph::Jack(Arc::new(graph)))
+                }
+                Err(e) => {
+                    tracing::info!("backend auto: {e}; using the virtual graph");
+                    Ok(Graph::Virtual(virtual_config))
+                }
+            },
+            #[cfg(not(feature = "jack"))]
+            "auto" => {
+                tracing::info!("backend auto: this build has no JACK support; using the virtual graph");
+                Ok(Graph::Virtual(virtual_config))
+            }
+            other => Err(BackendError::failed(format!(
+                "backend {other:?} is not available in this build (auto, jack or virtual)"
+            ))),
+        }
+    }
+
+    /// `virtual` or `jack`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Graph::Virtual(_) => "virtual",
+            #[cfg(feature = "jack")]
+            Graph::Jack(_) => "jack",
+        }
+    }
+
+    /// Frames per second new sessions record at.
+    pub fn sample_rate(&self) -> u32 {
+        match self {
+            Graph::Virtual(config) => config.sample_rate,
+            #[cfg(feature = "jack")]
+            Graph::Jack(graph) => graph.sample_rate(),
+        }
+    }
+
+    /// Frames per period now.
+    pub fn period(&self) -> u32 {
+        match self {
+            Graph::Virtual(config) => config.period,
+            #[cfg(feature = "jack")]
+            Graph::Jack(graph) => graph.info().period,
+        }
+    }
+
+    /// The devices tracks can take input from, and the outputs.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        match self {
+            Graph::Virtual(config) => virtual_devices(config),
+            #[cfg(feature = "jack")]
+            Graph::Jack(graph) => graph.devices(),
+        }
+    }
+
+    /// Checks an input word for a track of `channels` channels, changing nothing.
+    pub fn check_input(&self, input: &str, channels: u8) -> Result<(), BackendError> {
+        match self {
+            Graph::Virtual(config) => {
+                resolve_input(&virtual_devices(config), input, channels).map(|_| ())
+            }
+            #[cfg(feature = "jack")]
+            Graph::Jack(graph) => graph.check_input(input, channels),
+        }
+    }
+
+    /// The input a new track `index` (1-based) gets when none is given.
+    pub fn default_input(&self, index: u32, channels: u8) -> String {
+        match self {
+            Graph::Virtual(_) if channels == 2 => "Virtual Line In".into(),
+            Graph::Virtual(_) => format!("Virtual Input {index}"),
+            #[cfg(feature = "jack")]
+            Graph::Jack(graph) => graph.default_input(index, channels),
+        }
+    }
+
+    /// Starts a session's audio: its own virtual thread, or a node on the shared JACK client.
+    pub fn start(
+        &self,
+        session_name: &str,
+        sample_rate: u32,
+        max_tracks: usize,
+        processor: Processor,
+    ) -> Result<Box<dyn RunningBackend>, BackendError> {
+        match self {
+            Graph::Virtual(config) => {
+                let config = VirtualConfig {
+                    sample_rate,
+                    input_count: max_tracks,
+                    ..*config
+                };
+                start_virtual(config, processor).map_err(|e| {
+                    BackendError::failed(format!("cannot start the virtual graph: {e}"))
+                })
+            }
+            #[cfg(feature = "jack")]
+            Graph::Jack(graph) => graph.attach(session_name, sample_rate, max_tracks, processor),
+        }
+    }
+}
+
+/// Resolves an input word against a device list (the virtual graph's): `none`, a device name
+/// (its first channels) or `Device:N` (1-based channel). Returns the engine channels.
+pub fn resolve_input(
+    devices: &[DeviceInfo],
+    input: &str,
+    channels: u8,
+) -> Result<[u16; 2], BackendError> {
+    if input == "none" || input.is_empty() {
+        return Ok([NO_INPUT, NO_INPUT]);
+    }
+    let (name, channel) = match input.rsplit_once(':') {
+        Some((name, n)) if n.parse::<u16>().is_ok() => (name, n.parse::<u16>().ok()),
+        _ => (input, None),
+    };
+    let unknown = || {
+        let names: Vec<&str> = devices
+            .iter()
+            .filter(|d| matches!(d.direction, Direction::Input))
+            .map(|d| d.name.as_str())
+            .take(8)
+            .collect();
+        BackendError::input(format!(
+            "unknown input {input:?}; inputs include {} (see `overdub devices`), or \"none\"",
+            names.join(", ")
+        ))
+    };
+    let device = devices
+        .iter()
+        .find(|d| matches!(d.direction, Direction::Input) && d.name == name)
+        .ok_or_else(unknown)?;
+    let first = match channel {
+        Some(0) => return Err(unknown()),
+        Some(n) if n > device.channels => {
+            return Err(BackendError::input(format!(
+                "{name} has {} channel(s); channel {n} does not exist",
+                device.channels
+            )))
+        }
+        Some(n) => device.first_channel + n - 1,
+        None => device.first_channel,
+    };
+    let available = device.first_channel + device.channels - first;
+    if u16::from(channels) > available {
+        return Err(BackendError::input(format!(
+            "a stereo track needs two channels; {input} offers {available}"
+        )));
+    }
+    Ok(if channels == 2 {
+        [first, first + 1]
+    } else {
+        [first, NO_INPUT]
+    })
 }
 
 /// Planar input buffers allocated once for `channels × capacity` frames; what a backend hands

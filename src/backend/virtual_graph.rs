@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use super::{BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend};
+use super::{
+    resolve_input, BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs,
+    RunningBackend,
+};
 use crate::engine::{ProcessContext, Processor};
 
 /// Amplitude of every virtual tone (−12 dBFS).
@@ -196,10 +199,44 @@ impl RunningBackend for VirtualBackend {
         self.devices.clone()
     }
 
-    fn stop(self: Box<Self>) -> Processor {
+    fn check_input(&self, input: &str, channels: u8) -> Result<(), BackendError> {
+        resolve_input(&self.devices, input, channels).map(|_| ())
+    }
+
+    /// The virtual graph has no ports per track: the input word names virtual channels.
+    fn route_track(
+        &mut self,
+        _slot: u16,
+        _name: &str,
+        channels: u8,
+        input: &str,
+    ) -> Result<[u16; 2], BackendError> {
+        resolve_input(&self.devices, input, channels)
+    }
+
+    fn rename_track(&mut self, _slot: u16, _name: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn remove_track(&mut self, _slot: u16) {}
+
+    /// The audio thread counts its own xruns; nothing else changes.
+    fn poll(&mut self, _xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
+        Vec::new()
+    }
+
+    fn is_running(&self) -> bool {
+        true
+    }
+
+    fn run_detached(&mut self, _frames: usize) -> bool {
+        false
+    }
+
+    fn stop(self: Box<Self>) -> Option<Processor> {
         self.stop.store(true, Ordering::Release);
         match self.thread.join() {
-            Ok(processor) => processor,
+            Ok(processor) => Some(processor),
             // `run` catches the processor's panics, so this is a panic in the thread's own set-up
             // code: propagate it rather than invent a processor.
             Err(payload) => std::panic::resume_unwind(payload),

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, Mutex};
 pub use error::{ControlError, ControlResult, ErrorCode};
 use session::ActiveSession;
 
-use crate::backend::DeviceInfo;
+use crate::backend::{DeviceInfo, Graph};
 use crate::capture::repair_wav;
 use crate::config::Config;
 use crate::engine::{Monitoring, TransportState};
@@ -247,6 +247,8 @@ struct Inner {
     store: Store,
     events: broadcast::Sender<Event>,
     sessions: Mutex<BTreeMap<String, SessionCell>>,
+    /// The audio graph every session runs on (chosen at start from `audio.backend`).
+    graph: Graph,
     environment: String,
     /// Set by [`Control::shutdown`]: no session may become active any more.
     closing: std::sync::atomic::AtomicBool,
@@ -262,6 +264,12 @@ impl Control {
     /// Starts the service: recovers every take left `recording` by a crash, then reactivates
     /// the sessions that were active when the daemon last ran.
     pub async fn start(config: Config, data_dir: PathBuf, store: Store) -> ControlResult<Control> {
+        let graph = Graph::choose(
+            &config.audio.backend,
+            config.virtual_config(),
+            &config.jack.client_name,
+        )
+        .map_err(|e| ControlError::backend(e.message))?;
         let (events, _) = broadcast::channel(1024);
         let control = Control {
             inner: Arc::new(Inner {
@@ -270,6 +278,7 @@ impl Control {
                 store,
                 events,
                 sessions: Mutex::new(BTreeMap::new()),
+                graph,
                 environment: detect_environment(),
                 closing: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -302,19 +311,18 @@ impl Control {
 
     /// Daemon-wide facts.
     pub fn info(&self) -> DaemonInfo {
-        let config = self.config();
         DaemonInfo {
             version: env!("CARGO_PKG_VERSION").into(),
-            backend: "virtual".into(),
-            sample_rate: config.audio.sample_rate,
-            buffer_size: config.audio.period,
+            backend: self.inner.graph.name().into(),
+            sample_rate: self.inner.graph.sample_rate(),
+            buffer_size: self.inner.graph.period(),
             environment: self.inner.environment.clone(),
         }
     }
 
     /// The devices of the audio graph.
     pub fn devices(&self) -> Vec<DeviceInfo> {
-        session::graph_devices(&self.config())
+        self.inner.graph.devices()
     }
 
     /// Ids of the active sessions.
@@ -362,7 +370,7 @@ impl Control {
             name,
             project_id: request.project_id,
             user_id: request.user_id,
-            sample_rate: config.audio.sample_rate,
+            sample_rate: self.inner.graph.sample_rate(),
             created_at_ms: now_ms(),
             active: true,
         };
@@ -373,7 +381,7 @@ impl Control {
                     format!("Track {index}"),
                     1,
                     index <= config.session.default_armed,
-                    format!("Virtual Input {index}"),
+                    self.inner.graph.default_input(index, 1),
                 )
             })
             .collect();
@@ -551,6 +559,7 @@ impl Control {
         }
         let store = self.inner.store.clone();
         let events = self.inner.events.clone();
+        let inner = Arc::clone(&self.inner);
         self.with_session(id, move |s| {
             Box::pin(async move {
                 if s.tracks.values().any(|t| t.row.name == name) {
@@ -561,14 +570,10 @@ impl Control {
                 let index = s.free_index().ok_or_else(|| {
                     ControlError::invalid_state("the session has engine.max_tracks tracks")
                 })?;
-                let input = request.input.unwrap_or_else(|| {
-                    if channels == 2 {
-                        "Virtual Line In".into()
-                    } else {
-                        format!("Virtual Input {index}")
-                    }
-                });
-                s.resolve_input(&input, channels)?;
+                let input = request
+                    .input
+                    .unwrap_or_else(|| inner.graph.default_input(index, channels));
+                s.check_input(&input, channels)?;
                 let armed = request.armed.unwrap_or(false);
                 if armed && s.state != TransportState::Stopped {
                     return Err(ControlError::invalid_state(
@@ -648,7 +653,9 @@ impl Control {
                         row.name
                     )));
                 }
-                s.resolve_input(&row.input, row.channels)?;
+                if row.input != old.input {
+                    s.check_input(&row.input, row.channels)?;
+                }
                 if fields.is_empty() {
                     return Ok(old);
                 }
@@ -781,6 +788,7 @@ impl Control {
             row,
             tracks,
             &next_takes,
+            &self.inner.graph,
             &config,
             &self.inner.data_dir,
             self.inner.store.clone(),
@@ -983,7 +991,10 @@ fn spawn_pump(cell: std::sync::Weak<Mutex<Option<ActiveSession>>>) {
             let Some(cell) = cell.upgrade() else { return };
             let mut guard = cell.lock().await;
             match guard.as_mut() {
-                Some(session) => session.drain().await,
+                Some(session) => {
+                    session.drain().await;
+                    session.service_backend().await;
+                }
                 None => return,
             }
         }

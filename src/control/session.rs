@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::backend::virtual_graph::{start_virtual, virtual_devices, VirtualConfig, VirtualSignal};
-use crate::backend::{DeviceInfo, Direction, RunningBackend};
+use crate::backend::{BackendError, BackendEvent, Graph, RunningBackend};
 use crate::capture::{
     bytes_per_second, free_space, CaptureWriter, ControlToWriter, SampleFormat, WriterConfig,
     WriterToControl,
@@ -19,7 +18,7 @@ use crate::capture::{
 use crate::config::Config;
 use crate::engine::{
     engine, ControlToEngine, EngineConfig, EngineHandle, EngineShared, EngineToControl, Monitoring,
-    TrackParams, TrackSlot, TransportState, NO_INPUT,
+    TrackParams, TrackSlot, TransportState,
 };
 use crate::store::{
     ClipRow, NewTake, SessionRow, Store, TakeEvent, TakeMetrics, TakeStatus, TrackRow,
@@ -78,7 +77,6 @@ pub(super) struct ActiveSession {
     backend: Option<Box<dyn RunningBackend>>,
     writer: Option<CaptureWriter>,
     writer_events: mpsc::UnboundedReceiver<WriterToControl>,
-    devices: Vec<DeviceInfo>,
     input_latency_frames: u32,
     period: u32,
     format: SampleFormat,
@@ -90,22 +88,26 @@ pub(super) struct ActiveSession {
     events: broadcast::Sender<Event>,
     run: RunStats,
     xruns_seen: u64,
+    /// The audio server went away while this session recorded: record again when it returns.
+    resume_on_return: bool,
 }
 
 impl ActiveSession {
     /// Builds the engine, starts the audio graph and the capture writer, and installs the
     /// tracks. Blocking work (thread spawns) is short; called from a tokio task.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         row: SessionRow,
         tracks: Vec<TrackRow>,
         next_takes: &BTreeMap<u32, u32>,
+        graph: &Graph,
         config: &Config,
         data_dir: &Path,
         store: Store,
         events: broadcast::Sender<Event>,
     ) -> ControlResult<ActiveSession> {
-        let sample_rate = config.audio.sample_rate;
-        let period = config.audio.period;
+        let sample_rate = row.sample_rate;
+        let period = graph.period().max(1);
         let max_tracks = config.engine.max_tracks;
         let (processor, handle, markers) = engine(EngineConfig::new(
             sample_rate,
@@ -128,20 +130,10 @@ impl ActiveSession {
             }),
         )
         .map_err(|e| ControlError::storage(format!("cannot start the capture writer: {e}")))?;
-        let virtual_config = VirtualConfig {
-            sample_rate,
-            period,
-            signal: if config.virtual_graph.signal == "silence" {
-                VirtualSignal::Silence
-            } else {
-                VirtualSignal::Tones
-            },
-            input_count: max_tracks as usize,
-        };
-        let backend = start_virtual(virtual_config, processor)
-            .map_err(|e| ControlError::backend(format!("cannot start the virtual graph: {e}")))?;
+        let backend = graph
+            .start(&row.name, sample_rate, max_tracks as usize, processor)
+            .map_err(backend_error)?;
         let info = backend.info();
-        let devices = backend.devices();
         let mut session = ActiveSession {
             row,
             tracks: BTreeMap::new(),
@@ -153,7 +145,6 @@ impl ActiveSession {
             backend: Some(backend),
             writer: Some(writer),
             writer_events,
-            devices,
             input_latency_frames: info.input_latency_frames,
             period: info.period,
             format: config.capture.sample_format(),
@@ -165,6 +156,7 @@ impl ActiveSession {
             events,
             run: RunStats::default(),
             xruns_seen: 0,
+            resume_on_return: false,
         };
         for track in tracks {
             let next = next_takes.get(&track.index).copied().unwrap_or(1);
@@ -206,16 +198,31 @@ impl ActiveSession {
         (1..=self.max_tracks).find(|i| !self.tracks.contains_key(i))
     }
 
-    /// Resolves an input word to engine channels for a track of `channels` channels.
-    /// Accepts `none`, a device name (its first channels) or `Device:N` (1-based channel).
-    pub fn resolve_input(&self, input: &str, channels: u8) -> ControlResult<[u16; 2]> {
-        resolve_input(&self.devices, input, channels)
+    /// Checks an input word for a track of `channels` channels against the session's audio
+    /// graph, changing nothing.
+    pub fn check_input(&self, input: &str, channels: u8) -> ControlResult<()> {
+        match &self.backend {
+            Some(backend) => backend.check_input(input, channels).map_err(backend_error),
+            None => Err(ControlError::backend("the session's audio graph is stopped")),
+        }
+    }
+
+    /// Routes a track's input in the audio graph (ports and connections where the graph has
+    /// them) and returns the engine input channels.
+    fn route_track(&mut self, row: &TrackRow) -> ControlResult<[u16; 2]> {
+        let backend = self
+            .backend
+            .as_mut()
+            .ok_or_else(|| ControlError::backend("the session's audio graph is stopped"))?;
+        backend
+            .route_track((row.index - 1) as u16, &row.name, row.channels, &row.input)
+            .map_err(backend_error)
     }
 
     /// Creates the track's ring, hands one end to the engine and the other to the writer.
     pub fn install_track(&mut self, row: TrackRow, next_take: u32) -> ControlResult<()> {
         let slot = (row.index - 1) as u16;
-        let params = params_from_row(&row, self.resolve_input(&row.input, row.channels)?)?;
+        let params = params_from_row(&row, self.route_track(&row)?)?;
         let capacity = (self.ring_seconds * f64::from(self.row.sample_rate)) as usize
             * usize::from(row.channels);
         let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1024));
@@ -260,6 +267,9 @@ impl ActiveSession {
         }
         let slot = track.slot;
         self.send(ControlToEngine::RemoveTrack { track: slot })?;
+        if let Some(backend) = self.backend.as_mut() {
+            backend.remove_track(slot);
+        }
         if let Some(writer) = &self.writer {
             writer.send(ControlToWriter::RemoveTrack { track: slot });
         }
@@ -271,15 +281,28 @@ impl ActiveSession {
     /// first, so the take exists before its first sample, and commits the new settings only
     /// once the engine has opened the take (a refusal withdraws the prepared take).
     pub async fn apply_track(&mut self, index: u32, row: TrackRow) -> ControlResult<()> {
-        let (params, slot, was_armed, starts) = {
+        let (old, slot, was_armed, starts) = {
             let track = self
                 .tracks
                 .get(&index)
                 .ok_or_else(|| ControlError::not_found(format!("no track {index}")))?;
-            let params =
-                params_from_row(&row, self.resolve_input(&row.input, track.row.channels)?)?;
-            (params, track.slot, track.params.armed, track.engine_starts)
+            (
+                track.row.clone(),
+                track.slot,
+                track.params.armed,
+                track.engine_starts,
+            )
         };
+        let mut inputs = self.tracks.get(&index).map(|t| t.params.input).unwrap_or_default();
+        if row.input != old.input {
+            inputs = self.route_track(&row)?;
+        }
+        if row.name != old.name {
+            if let Some(backend) = self.backend.as_mut() {
+                backend.rename_track(slot, &row.name).map_err(backend_error)?;
+            }
+        }
+        let params = params_from_row(&row, inputs)?;
         let opens_take = self.capturing() && params.armed && !was_armed;
         let mut prepared = None;
         if opens_take {
@@ -628,11 +651,27 @@ impl ActiveSession {
         done: impl Fn(&Self) -> bool,
     ) -> ControlResult<()> {
         self.drain().await;
+        if !self.graph_running()
+            && matches!(
+                command,
+                ControlToEngine::Record { .. } | ControlToEngine::Play | ControlToEngine::Resume
+            )
+        {
+            return Err(ControlError::backend(
+                "the audio server is gone; overdub reconnects when it returns",
+            ));
+        }
         self.rejection = None;
         self.send(command)?;
         let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
         loop {
             tokio::time::sleep(Duration::from_millis(2)).await;
+            if !self.graph_running() {
+                let period = self.period as usize;
+                if let Some(backend) = self.backend.as_mut() {
+                    backend.run_detached(period);
+                }
+            }
             self.drain().await;
             if let Some(reason) = self.rejection.take() {
                 return Err(ControlError::invalid_state(reason));
@@ -953,6 +992,94 @@ impl ActiveSession {
         });
     }
 
+    /// Whether the audio graph runs the processor (false while the audio server is gone).
+    fn graph_running(&self) -> bool {
+        self.backend.as_ref().is_some_and(|b| b.is_running())
+    }
+
+    /// Reads what the audio graph reports: xruns into the metrics, a lost server (takes closed,
+    /// an `Error` event), its return (recording resumed into new takes if it was recording),
+    /// and connections changed by other programs (stored as the track's new input).
+    pub async fn service_backend(&mut self) {
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let events = backend.poll(&|n| shared.add_xruns(n));
+        for event in events {
+            match event {
+                BackendEvent::Lost => self.on_graph_lost().await,
+                BackendEvent::Restored => self.on_graph_restored().await,
+                BackendEvent::InputChanged { slot, input } => {
+                    self.on_input_changed(slot, input).await
+                }
+            }
+        }
+    }
+
+    async fn on_graph_lost(&mut self) {
+        self.resume_on_return = self.capturing();
+        let frame = self.position();
+        let open: Vec<i64> = self
+            .tracks
+            .values()
+            .flat_map(|t| t.takes.iter().map(|k| k.take_id))
+            .collect();
+        for take_id in open {
+            self.journal_event(TakeEvent {
+                take_id,
+                kind: "interrupted".into(),
+                frame,
+                length: 0,
+                detail: "the audio server went away; the take was closed here".into(),
+            })
+            .await;
+        }
+        let stopped = if self.state == TransportState::Stopped {
+            Ok(())
+        } else {
+            self.stop().await.map(|_| ())
+        };
+        let mut message =
+            "the audio server went away; overdub reconnects when it returns".to_string();
+        if self.resume_on_return {
+            message.push_str(" and records again into new takes");
+        }
+        if let Err(e) = stopped {
+            message.push_str(&format!(" (closing the takes: {})", e.message));
+        }
+        tracing::error!(session = %self.row.id, "{message}");
+        self.report(ControlError::backend(message));
+    }
+
+    async fn on_graph_restored(&mut self) {
+        tracing::info!(session = %self.row.id, "the audio server is back");
+        if std::mem::take(&mut self.resume_on_return) {
+            if let Err(e) = self.record().await {
+                self.report(ControlError::backend(format!(
+                    "the audio server is back, but recording did not resume: {}",
+                    e.message
+                )));
+            }
+        }
+    }
+
+    async fn on_input_changed(&mut self, slot: u16, input: String) {
+        let Some(track) = self.tracks.values_mut().find(|t| t.slot == slot) else {
+            return;
+        };
+        if track.row.input == input {
+            return;
+        }
+        track.row.input = input;
+        let row = track.row.clone();
+        if let Err(e) = self.store.upsert_track(&self.row.id, row.clone()).await {
+            self.report(e.into());
+            return;
+        }
+        self.announce_track(vec![TrackField::Input], row);
+    }
+
     /// Stops the transport, finalizes every take, and shuts the audio graph and writer down.
     pub async fn shut_down(mut self) -> ControlResult<()> {
         let stopped = self.stop().await;
@@ -992,67 +1119,13 @@ fn params_from_row(row: &TrackRow, input: [u16; 2]) -> ControlResult<TrackParams
     })
 }
 
-/// See [`ActiveSession::resolve_input`].
-pub(super) fn resolve_input(
-    devices: &[DeviceInfo],
-    input: &str,
-    channels: u8,
-) -> ControlResult<[u16; 2]> {
-    if input == "none" || input.is_empty() {
-        return Ok([NO_INPUT, NO_INPUT]);
-    }
-    let (name, channel) = match input.rsplit_once(':') {
-        Some((name, n)) if n.parse::<u16>().is_ok() => (name, n.parse::<u16>().ok()),
-        _ => (input, None),
-    };
-    let unknown = || {
-        let names: Vec<&str> = devices
-            .iter()
-            .filter(|d| matches!(d.direction, Direction::Input))
-            .map(|d| d.name.as_str())
-            .take(8)
-            .collect();
-        ControlError::invalid_argument(format!(
-            "unknown input {input:?}; inputs include {} (see `overdub devices`), or \"none\"",
-            names.join(", ")
-        ))
-    };
-    let device = devices
-        .iter()
-        .find(|d| matches!(d.direction, Direction::Input) && d.name == name)
-        .ok_or_else(unknown)?;
-    let first = match channel {
-        Some(0) => return Err(unknown()),
-        Some(n) if n > device.channels => {
-            return Err(ControlError::invalid_argument(format!(
-                "{name} has {} channel(s); channel {n} does not exist",
-                device.channels
-            )))
-        }
-        Some(n) => device.first_channel + n - 1,
-        None => device.first_channel,
-    };
-    let available = device.first_channel + device.channels - first;
-    if u16::from(channels) > available {
-        return Err(ControlError::invalid_argument(format!(
-            "a stereo track needs two channels; {input} offers {available}"
-        )));
-    }
-    Ok(if channels == 2 {
-        [first, first + 1]
+/// Maps a backend error to control's: a bad input word is the caller's mistake.
+fn backend_error(error: BackendError) -> ControlError {
+    if error.invalid_input {
+        ControlError::invalid_argument(error.message)
     } else {
-        [first, NO_INPUT]
-    })
-}
-
-/// The virtual graph's device list, for validating inputs before a session is active.
-pub(super) fn graph_devices(config: &Config) -> Vec<DeviceInfo> {
-    virtual_devices(&VirtualConfig {
-        sample_rate: config.audio.sample_rate,
-        period: config.audio.period,
-        signal: VirtualSignal::Tones,
-        input_count: config.engine.max_tracks as usize,
-    })
+        ControlError::backend(error.message)
+    }
 }
 
 fn to_dbfs(linear: f32) -> f64 {

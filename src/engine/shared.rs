@@ -105,6 +105,11 @@ impl EngineShared {
         self.xruns.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` xruns reported by an audio server (off the real-time thread). Real-time safe.
+    pub fn add_xruns(&self, n: u64) {
+        self.xruns.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Xruns reported by the backend since the last [`reset_run_counters`](Self::reset_run_counters).
     pub fn xruns(&self) -> u64 {
         self.xruns.load(Ordering::Relaxed)

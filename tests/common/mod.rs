@@ -4,6 +4,9 @@
 //! server binary fails the test.
 #![allow(dead_code)]
 
+#[cfg(feature = "jack")]
+pub mod jack;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -63,6 +66,10 @@ pub struct Settings {
     pub stop_free_seconds: f64,
     pub format: &'static str,
     pub max_tracks: u32,
+    /// `audio.backend`.
+    pub backend: &'static str,
+    /// The private JACK server the daemon talks to (`JACK_DEFAULT_SERVER`).
+    pub jack_server: Option<String>,
 }
 
 impl Default for Settings {
@@ -73,6 +80,8 @@ impl Default for Settings {
             stop_free_seconds: 0.5,
             format: "s24",
             max_tracks: 64,
+            backend: "virtual",
+            jack_server: None,
         }
     }
 }
@@ -104,10 +113,11 @@ pub fn write_config(dir: &Path, settings: &Settings) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[audio]\nbackend = \"virtual\"\nsample_rate = {RATE}\nperiod = {PERIOD}\n\
+            "[audio]\nbackend = \"{}\"\nsample_rate = {RATE}\nperiod = {PERIOD}\n\
              [engine]\nmax_tracks = {}\n\
              [capture]\nformat = \"{}\"\nflush_interval = {}\nmin_free_seconds = {}\nstop_free_seconds = {}\n\
              [http]\nlisten = \"127.0.0.1:0\"\n",
+            settings.backend,
             settings.max_tracks,
             settings.format,
             settings.flush_interval,
@@ -152,6 +162,10 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log);
         apply_reach(&mut command, reach);
+        match &settings.jack_server {
+            Some(name) => command.env("JACK_DEFAULT_SERVER", name),
+            None => command.env_remove("JACK_DEFAULT_SERVER"),
+        };
         let child = command.spawn().unwrap();
         Daemon {
             child: Some(child),

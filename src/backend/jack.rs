@@ -1,0 +1,1097 @@
+//! The JACK backend: one JACK client (`overdub`, configurable) shared by every active session.
+//!
+//! Each session attaches a *node* to the client: its [`Processor`], one input port per track
+//! channel (`<session>.<track>.in`, or `.in_L`/`.in_R` for stereo) and two master outputs
+//! (`<session>.master_out_L/R`). Ports are registered off the real-time thread and swapped into
+//! the node through a pre-allocated queue; what they replace comes back on another queue and is
+//! unregistered off the real-time thread. A track's `input` word is the set of JACK ports
+//! connected to its input ports: channels separated by `,`, several sources of one channel by
+//! `+` (`system:capture_1,system:capture_2`). Connections made with other tools are noticed and
+//! reported so control can store them.
+//!
+//! When the server goes away the graph recovers every node from the dead client (the process
+//! handler hands its nodes over when it is dropped), reports the loss, and polls for the server;
+//! when it returns, the ports are registered again, the nodes re-attached and the connections
+//! restored.
+//!
+//! Real-time code: [`GraphProcess::process`] and what it calls. Everything else runs on
+//! control's threads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use jack::{
+    AsyncClient, AudioIn, AudioOut, Client, ClientOptions, ClientStatus, Control, PortFlags,
+    PortId, ProcessScope,
+};
+
+use super::{
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
+};
+use crate::engine::{ProcessContext, Processor, NO_INPUT};
+
+/// Sessions one client can host (nodes are slots in a fixed array on the real-time thread).
+pub const MAX_NODES: usize = 16;
+/// Frames copied from the ports per processor call; longer JACK periods are run in chunks.
+const CHUNK_FRAMES: usize = 2048;
+/// Capacity of the command and hand-back queues between control and the process callback.
+const QUEUE: usize = 1024;
+/// How often a lost server is looked for.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long detaching a node may wait for the process callback to hand it back.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
+/// JACK's type name for audio ports.
+const AUDIO_TYPE: &str = "32 bit float mono audio";
+
+/// The input ports of one track, moved into the process callback.
+struct TrackPorts {
+    ports: [Option<jack::Port<AudioIn>>; 2],
+}
+
+/// One session in the process callback: its processor, its ports and its input buffers.
+struct Node {
+    processor: Processor,
+    inputs: PlanarInputs,
+    tracks: Box<[Option<Box<TrackPorts>>]>,
+    master: [jack::Port<AudioOut>; 2],
+}
+
+impl Node {
+    /// Copies the tracks' port buffers into the planar inputs and runs the processor, in chunks
+    /// of [`CHUNK_FRAMES`]. **Real-time safe**.
+    fn run(&mut self, scope: &ProcessScope) {
+        let frames = scope.n_frames() as usize;
+        let Node {
+            processor,
+            inputs,
+            tracks,
+            master,
+        } = self;
+        let [left_port, right_port] = master;
+        let left = left_port.as_mut_slice(scope);
+        let right = right_port.as_mut_slice(scope);
+        let mut done = 0;
+        while done < frames {
+            let len = (frames - done).min(inputs.capacity());
+            inputs.set_frames(len);
+            for (slot, ports) in tracks.iter().enumerate() {
+                let Some(ports) = ports else { continue };
+                for (channel, port) in ports.ports.iter().enumerate() {
+                    if let Some(port) = port {
+                        let source = port.as_slice(scope).get(done..done + len).unwrap_or(&[]);
+                        let target = inputs.channel_mut(2 * slot + channel);
+                        let n = source.len().min(target.len());
+                        target[..n].copy_from_slice(&source[..n]);
+                    }
+                }
+            }
+            let (Some(left), Some(right)) =
+                (left.get_mut(done..done + len), right.get_mut(done..done + len))
+            else {
+                return;
+            };
+            processor.process(&mut ProcessContext {
+                frames: len,
+                inputs,
+                master_left: left,
+                master_right: right,
+            });
+            done += len;
+        }
+    }
+}
+
+/// Commands from control to the process callback.
+enum GraphCommand {
+    /// Puts a node in slot `index`.
+    Attach { index: usize, node: Box<Node> },
+    /// Takes the node out of slot `index` and hands it back.
+    Detach { index: usize },
+    /// Replaces the ports of track `slot` of node `index`.
+    SetTrack {
+        index: usize,
+        slot: usize,
+        ports: Option<Box<TrackPorts>>,
+    },
+}
+
+/// What the process callback hands back to be freed (or unregistered) off the real-time thread.
+enum Retired {
+    Node { index: usize, node: Box<Node> },
+    Track(Box<TrackPorts>),
+}
+
+/// The process handler: the nodes and the queues. Lives inside the JACK client.
+struct GraphProcess {
+    nodes: Box<[Option<Box<Node>>]>,
+    commands: rtrb::Consumer<GraphCommand>,
+    retired: rtrb::Producer<Retired>,
+    /// Where the nodes go when the client is dropped (server loss or shutdown); used only in
+    /// `Drop`, which runs off the real-time thread.
+    rescue: mpsc::Sender<(usize, Box<Node>)>,
+}
+
+impl GraphProcess {
+    /// Applies queued commands while the hand-back queue has room for what they replace.
+    /// **Real-time safe**.
+    fn apply_commands(&mut self) {
+        while self.retired.slots() > 0 {
+            let Ok(command) = self.commands.pop() else {
+                return;
+            };
+            match command {
+                GraphCommand::Attach { index, node } => {
+                    if let Some(cell) = self.nodes.get_mut(index) {
+                        if let Some(old) = cell.replace(node) {
+                            let _ = self.retired.push(Retired::Node { index, node: old });
+                        }
+                    } else {
+                        let _ = self.retired.push(Retired::Node { index, node });
+                    }
+                }
+                GraphCommand::Detach { index } => {
+                    if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {
+                        let _ = self.retired.push(Retired::Node { index, node });
+                    }
+                }
+                GraphCommand::SetTrack { index, slot, ports } => {
+                    let cell = self
+                        .nodes
+                        .get_mut(index)
+                        .and_then(|node| node.as_mut())
+                        .and_then(|node| node.tracks.get_mut(slot));
+                    match cell {
+                        Some(cell) => {
+                            let old = std::mem::replace(cell, ports);
+                            if let Some(old) = old {
+                                let _ = self.retired.push(Retired::Track(old));
+                            }
+                        }
+                        None => {
+                            if let Some(ports) = ports {
+                                let _ = self.retired.push(Retired::Track(ports));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl jack::ProcessHandler for GraphProcess {
+    /// Applies commands, then runs every node. **Real-time safe**.
+    fn process(&mut self, _: &Client, scope: &ProcessScope) -> Control {
+        self.apply_commands();
+        for node in self.nodes.iter_mut().flatten() {
+            node.run(scope);
+        }
+        Control::Continue
+    }
+}
+
+impl Drop for GraphProcess {
+    /// Hands every node to the graph so no session loses its processor with the client.
+    /// Runs where the client is deactivated or closed, never on the real-time thread.
+    fn drop(&mut self) {
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(node) = node.take() {
+                let _ = self.rescue.send((index, node));
+            }
+        }
+        while let Ok(command) = self.commands.pop() {
+            if let GraphCommand::Attach { index, node } = command {
+                let _ = self.rescue.send((index, node));
+            }
+        }
+    }
+}
+
+/// Facts the notification thread publishes for control.
+#[derive(Default)]
+struct GraphSignals {
+    /// The server shut the client down.
+    lost: AtomicBool,
+    /// Xruns reported by the server since the client opened.
+    xruns: AtomicU64,
+    /// Full names of ports whose connections changed, for control to re-read.
+    touched: Mutex<Vec<String>>,
+}
+
+/// The notification handler (a non-real-time JACK thread).
+struct GraphNotifications {
+    signals: Arc<GraphSignals>,
+}
+
+impl jack::NotificationHandler for GraphNotifications {
+    unsafe fn shutdown(&mut self, _status: ClientStatus, _reason: &str) {
+        self.signals.lost.store(true, Ordering::Release);
+    }
+
+    fn xrun(&mut self, _: &Client) -> Control {
+        self.signals.xruns.fetch_add(1, Ordering::Relaxed);
+        Control::Continue
+    }
+
+    /// Notes which of overdub's own ports changed connections, for control to re-read.
+    fn ports_connected(&mut self, client: &Client, a: PortId, b: PortId, _connected: bool) {
+        let mut touched = lock(&self.signals.touched);
+        for port in [a, b].into_iter().filter_map(|id| client.port_by_id(id)) {
+            if let (true, Ok(name)) = (client.is_mine(&port), port.name()) {
+                if !touched.contains(&name) {
+                    touched.push(name);
+                }
+            }
+        }
+    }
+}
+
+/// What control knows about one track's ports.
+#[derive(Clone, Debug)]
+struct TrackMeta {
+    name: String,
+    channels: u8,
+    /// The input word last routed (restored when the server returns).
+    input: String,
+    /// Full names of the input ports (one per channel), empty while the server is gone.
+    ports: Vec<String>,
+}
+
+/// What control knows about one attached session.
+#[derive(Debug)]
+struct NodeMeta {
+    prefix: String,
+    max_tracks: usize,
+    tracks: BTreeMap<usize, TrackMeta>,
+    /// Server losses and returns this session has not polled yet.
+    lost_pending: bool,
+    restored_pending: bool,
+    /// Xruns already added to the session's counters.
+    xruns_seen: u64,
+}
+
+/// The live client and its queues.
+struct Connection {
+    client: AsyncClient<GraphNotifications, GraphProcess>,
+    commands: rtrb::Producer<GraphCommand>,
+    retired: rtrb::Consumer<Retired>,
+    signals: Arc<GraphSignals>,
+}
+
+/// Mutable state of the graph, behind one lock (control threads only).
+struct GraphState {
+    connection: Option<Connection>,
+    rescue_tx: mpsc::Sender<(usize, Box<Node>)>,
+    rescue_rx: mpsc::Receiver<(usize, Box<Node>)>,
+    /// Nodes out of the process callback: detached on request, or rescued from a lost client.
+    parked: Vec<Option<Box<Node>>>,
+    nodes: Vec<Option<NodeMeta>>,
+    last_attempt: Instant,
+    /// Nodes detached after their session stopped waiting for them: dropped when they return.
+    abandoned: Vec<usize>,
+}
+
+/// The shared JACK client. Cheap to share behind an `Arc`; every method runs off the
+/// real-time thread.
+pub struct JackGraph {
+    client_name: String,
+    sample_rate: u32,
+    state: Mutex<GraphState>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn jack_error(what: &str, e: jack::Error) -> BackendError {
+    BackendError::failed(format!("{what}: {e}"))
+}
+
+impl JackGraph {
+    /// Opens and activates the client `client_name` on the server named by
+    /// `$JACK_DEFAULT_SERVER` (or the default one). Fails quickly when no server answers; never
+    /// starts a server.
+    pub fn open(client_name: &str) -> Result<JackGraph, BackendError> {
+        let (rescue_tx, rescue_rx) = mpsc::channel();
+        let connection = connect(client_name, &rescue_tx)?;
+        let sample_rate = connection.client.as_client().sample_rate();
+        let client_name = connection.client.as_client().name().to_string();
+        Ok(JackGraph {
+            client_name,
+            sample_rate,
+            state: Mutex::new(GraphState {
+                connection: Some(connection),
+                rescue_tx,
+                rescue_rx,
+                parked: (0..MAX_NODES).map(|_| None).collect(),
+                nodes: (0..MAX_NODES).map(|_| None).collect(),
+                last_attempt: Instant::now(),
+                abandoned: Vec::new(),
+            }),
+        })
+    }
+
+    /// The client's name as JACK registered it.
+    pub fn client_name(&self) -> &str {
+        &self.client_name
+    }
+
+    /// The server's sample rate when the client opened (sessions are fixed to it).
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// Rate, period and the latency of the physical ports, as the server reports them now.
+    pub fn info(&self) -> BackendInfo {
+        let state = lock(&self.state);
+        let (period, input_latency, output_latency) = match &state.connection {
+            Some(c) => {
+                let client = c.client.as_client();
+                (
+                    client.buffer_size(),
+                    physical_latency(client, PortFlags::IS_OUTPUT),
+                    physical_latency(client, PortFlags::IS_INPUT),
+                )
+            }
+            None => (0, 0, 0),
+        };
+        BackendInfo {
+            name: "jack",
+            sample_rate: self.sample_rate,
+            period,
+            input_latency_frames: input_latency,
+            output_latency_frames: output_latency,
+        }
+    }
+
+    /// Whether the server is there.
+    pub fn is_running(&self) -> bool {
+        lock(&self.state)
+            .connection
+            .as_ref()
+            .is_some_and(|c| !c.signals.lost.load(Ordering::Acquire))
+    }
+
+    /// Audio ports of other clients: their outputs are inputs for tracks (one mono device per
+    /// port, named by its full name), their inputs are where overdub's outputs can go.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        let state = lock(&self.state);
+        let Some(connection) = &state.connection else {
+            return Vec::new();
+        };
+        let client = connection.client.as_client();
+        let own = format!("{}:", self.client_name);
+        let mut devices = Vec::new();
+        for (flags, direction) in [
+            (PortFlags::IS_OUTPUT, Direction::Input),
+            (PortFlags::IS_INPUT, Direction::Output),
+        ] {
+            for (n, name) in client
+                .ports(None, Some(AUDIO_TYPE), flags)
+                .into_iter()
+                .filter(|name| !name.starts_with(&own))
+                .enumerate()
+            {
+                devices.push(DeviceInfo {
+                    name,
+                    channels: 1,
+                    first_channel: u16::try_from(n).unwrap_or(u16::MAX),
+                    direction,
+                });
+            }
+        }
+        devices
+    }
+
+    /// The default input of track `index` (1-based): the physical capture port(s) of the same
+    /// number, or `none` when there are not enough.
+    pub fn default_input(&self, index: u32, channels: u8) -> String {
+        let state = lock(&self.state);
+        let Some(connection) = &state.connection else {
+            return "none".into();
+        };
+        let physical = connection.client.as_client().ports(
+            None,
+            Some(AUDIO_TYPE),
+            PortFlags::IS_OUTPUT | PortFlags::IS_PHYSICAL,
+        );
+        let first = (index as usize).saturating_sub(1) * usize::from(channels);
+        match physical.get(first..first + usize::from(channels)) {
+            Some(ports) => ports.join(","),
+            None => "none".into(),
+        }
+    }
+
+    /// Checks an input word for a track of `channels` channels against the ports that exist
+    /// now: `none`, or one group per channel (`,`), each one or more output ports (`+`).
+    pub fn check_input(&self, input: &str, channels: u8) -> Result<(), BackendError> {
+        let groups = parse_input(input, channels)?;
+        let state = lock(&self.state);
+        let Some(connection) = &state.connection else {
+            return Err(BackendError::failed(
+                "the JACK server is gone; inputs can be set when it returns"
+            ));
+        };
+        let client = connection.client.as_client();
+        for port in groups.iter().flatten() {
+            let Some(found) = client.port_by_name(port) else {
+                return Err(BackendError::input(format!(
+                    "no JACK port {port:?} (see `overdub devices` or `jack_lsp`)"
+                )));
+            };
+            if !found.flags().contains(PortFlags::IS_OUTPUT)
+                || found.port_type().ok().as_deref() != Some(AUDIO_TYPE)
+            {
+                return Err(BackendError::input(format!(
+                    "{port:?} is not an audio output port, so it cannot feed a track"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches a session's processor as a node: registers its master outputs (the node's
+    /// tracks are added with [`JackSession::route_track`]). Fails when the server is gone, the
+    /// rate differs or every node slot is taken.
+    pub fn attach(
+        self: &Arc<Self>,
+        session_name: &str,
+        sample_rate: u32,
+        max_tracks: usize,
+        processor: Processor,
+    ) -> Result<Box<dyn RunningBackend>, BackendError> {
+        if sample_rate != self.sample_rate {
+            return Err(BackendError::failed(format!(
+                "the session runs at {sample_rate} Hz but the JACK server at {} Hz",
+                self.sample_rate
+            )));
+        }
+        let mut state = lock(&self.state);
+        self.service(&mut state);
+        let Some(index) = (0..MAX_NODES)
+            .find(|&i| {
+                state.nodes[i].is_none() && state.parked[i].is_none() && !state.abandoned.contains(&i)
+            })
+        else {
+            return Err(BackendError::failed(format!(
+                "one JACK client hosts at most {MAX_NODES} sessions"
+            )));
+        };
+        let base = crate::control::validate::slug(session_name);
+        let mut prefix = base.clone();
+        let mut n = 2;
+        while state
+            .nodes
+            .iter()
+            .flatten()
+            .any(|meta| meta.prefix == prefix)
+        {
+            prefix = format!("{base}-{n}");
+            n += 1;
+        }
+        let connection = state
+            .connection
+            .as_mut()
+            .ok_or_else(|| BackendError::failed("the JACK server is gone"))?;
+        let master = register_master(connection.client.as_client(), &prefix)?;
+        let node = Box::new(Node {
+            processor,
+            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
+            tracks: (0..max_tracks).map(|_| None).collect(),
+            master,
+        });
+        if let Err(rtrb::PushError::Full(command)) = connection
+            .commands
+            .push(GraphCommand::Attach { index, node })
+        {
+            if let GraphCommand::Attach { node, .. } = command {
+                unregister_node(connection.client.as_client(), *node);
+            }
+            return Err(BackendError::failed("the JACK command queue is full"));
+        }
+        let xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
+        state.nodes[index] = Some(NodeMeta {
+            prefix,
+            max_tracks,
+            tracks: BTreeMap::new(),
+            lost_pending: false,
+            restored_pending: false,
+            xruns_seen,
+        });
+        Ok(Box::new(JackSession {
+            graph: Arc::clone(self),
+            index,
+        }))
+    }
+
+    /// Housekeeping, called with the state locked by every session poll: unregisters retired
+    /// ports, notices a lost server and parks the rescued nodes, and looks for a lost server.
+    fn service(&self, state: &mut GraphState) {
+        if let Some(connection) = state.connection.as_mut() {
+            while let Ok(retired) = connection.retired.pop() {
+                match retired {
+                    Retired::Track(ports) => {
+                        unregister_track(connection.client.as_client(), *ports);
+                    }
+                    Retired::Node { index, node } => {
+                        if let Some(at) = state.abandoned.iter().position(|&i| i == index) {
+                            state.abandoned.remove(at);
+                            unregister_node(connection.client.as_client(), *node);
+                        } else if let Some(cell) = state.parked.get_mut(index) {
+                            *cell = Some(node);
+                        }
+                    }
+                }
+            }
+            if connection.signals.lost.load(Ordering::Acquire) {
+                tracing::error!("the JACK server went away; closing takes and waiting for it");
+                let connection = state.connection.take();
+                // Deactivating a dead client may fail; either way the process handler is
+                // dropped here and hands its nodes over through the rescue channel.
+                drop(connection.map(|c| c.client.deactivate()));
+                while let Ok((index, node)) = state.rescue_rx.try_recv() {
+                    if let Some(cell) = state.parked.get_mut(index) {
+                        *cell = Some(node);
+                    }
+                }
+                for meta in state.nodes.iter_mut().flatten() {
+                    meta.lost_pending = true;
+                    meta.restored_pending = false;
+                    for track in meta.tracks.values_mut() {
+                        track.ports.clear();
+                    }
+                }
+                state.last_attempt = Instant::now();
+                return;
+            }
+        }
+        if state.connection.is_none() && state.last_attempt.elapsed() >= RECONNECT_INTERVAL {
+            state.last_attempt = Instant::now();
+            self.reconnect(state);
+        }
+    }
+
+    /// Opens a new client, registers every parked node's ports again, re-attaches the nodes
+    /// and restores their connections.
+    fn reconnect(&self, state: &mut GraphState) {
+        let connection = match connect(&self.client_name, &state.rescue_tx) {
+            Ok(connection) => connection,
+            Err(_) => return,
+        };
+        let rate = connection.client.as_client().sample_rate();
+        if rate != self.sample_rate {
+            tracing::error!(
+                "the JACK server is back at {rate} Hz, but the sessions run at {} Hz; waiting for a server at that rate",
+                self.sample_rate
+            );
+            return;
+        }
+        tracing::info!("the JACK server is back; restoring ports and connections");
+        let mut connection = connection;
+        let client_name = connection.client.as_client().name().to_string();
+        if client_name != self.client_name {
+            tracing::warn!(
+                "JACK named the client {client_name:?} this time (another client holds {:?})",
+                self.client_name
+            );
+        }
+        for index in 0..MAX_NODES {
+            let (Some(meta), Some(mut node)) = (state.nodes[index].as_mut(), state.parked[index].take())
+            else {
+                continue;
+            };
+            let client = connection.client.as_client();
+            match register_master(client, &meta.prefix) {
+                Ok(master) => node.master = master,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    state.parked[index] = Some(node);
+                    continue;
+                }
+            }
+            for (&slot, track) in meta.tracks.iter_mut() {
+                let ports = register_track(client, &meta.prefix, &track.name, track.channels);
+                match ports {
+                    Ok(ports) => {
+                        track.ports = port_names(&ports);
+                        if let Some(cell) = node.tracks.get_mut(slot) {
+                            *cell = Some(Box::new(ports));
+                        }
+                    }
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+            let tracks: Vec<TrackMeta> = meta.tracks.values().cloned().collect();
+            if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
+                .commands
+                .push(GraphCommand::Attach { index, node })
+            {
+                state.parked[index] = Some(node);
+                continue;
+            }
+            for track in tracks {
+                if let Err(e) = connect_input(client, &track.ports, &track.input) {
+                    tracing::warn!("restoring the input of track {:?}: {e}", track.name);
+                }
+            }
+            meta.lost_pending = false;
+            meta.restored_pending = true;
+            meta.xruns_seen = 0;
+        }
+        connection.signals.xruns.store(0, Ordering::Relaxed);
+        state.connection = Some(connection);
+    }
+}
+
+/// Opens and activates a client with an empty node table.
+fn connect(
+    client_name: &str,
+    rescue: &mpsc::Sender<(usize, Box<Node>)>,
+) -> Result<Connection, BackendError> {
+    let (client, _status) = Client::new(client_name, ClientOptions::NO_START_SERVER)
+        .map_err(|e| jack_error("no JACK server answers", e))?;
+    let (command_tx, command_rx) = rtrb::RingBuffer::new(QUEUE);
+    let (retired_tx, retired_rx) = rtrb::RingBuffer::new(QUEUE);
+    let signals = Arc::new(GraphSignals::default());
+    let process = GraphProcess {
+        nodes: (0..MAX_NODES).map(|_| None).collect(),
+        commands: command_rx,
+        retired: retired_tx,
+        rescue: rescue.clone(),
+    };
+    let notifications = GraphNotifications {
+        signals: Arc::clone(&signals),
+    };
+    let client = client
+        .activate_async(notifications, process)
+        .map_err(|e| jack_error("cannot activate the JACK client", e))?;
+    Ok(Connection {
+        client,
+        commands: command_tx,
+        retired: retired_rx,
+        signals,
+    })
+}
+
+/// Largest latency of the physical ports with `flags` (capture: outputs; playback: inputs).
+fn physical_latency(client: &Client, flags: PortFlags) -> u32 {
+    let mode = if flags.contains(PortFlags::IS_OUTPUT) {
+        jack::LatencyType::Capture
+    } else {
+        jack::LatencyType::Playback
+    };
+    client
+        .ports(None, Some(AUDIO_TYPE), flags | PortFlags::IS_PHYSICAL)
+        .iter()
+        .filter_map(|name| client.port_by_name(name))
+        .map(|port| port.get_latency_range(mode).1)
+        .max()
+        .unwrap_or(0)
+}
+
+fn register_master(client: &Client, prefix: &str) -> Result<[jack::Port<AudioOut>; 2], BackendError> {
+    let left = client
+        .register_port(&format!("{prefix}.master_out_L"), AudioOut::default())
+        .map_err(|e| jack_error("cannot register the master outputs", e))?;
+    let right = match client.register_port(&format!("{prefix}.master_out_R"), AudioOut::default()) {
+        Ok(port) => port,
+        Err(e) => {
+            let _ = client.unregister_port(left);
+            return Err(jack_error("cannot register the master outputs", e));
+        }
+    };
+    Ok([left, right])
+}
+
+/// Short port names of a track: `<session>.<track>.in`, or `.in_L` and `.in_R` for stereo.
+fn track_port_names(prefix: &str, track: &str, channels: u8) -> Vec<String> {
+    let track = crate::control::validate::slug(track);
+    if channels >= 2 {
+        vec![
+            format!("{prefix}.{track}.in_L"),
+            format!("{prefix}.{track}.in_R"),
+        ]
+    } else {
+        vec![format!("{prefix}.{track}.in")]
+    }
+}
+
+fn register_track(
+    client: &Client,
+    prefix: &str,
+    track: &str,
+    channels: u8,
+) -> Result<TrackPorts, BackendError> {
+    let mut ports = TrackPorts {
+        ports: [None, None],
+    };
+    for (channel, name) in track_port_names(prefix, track, channels).iter().enumerate() {
+        match client.register_port(name, AudioIn::default()) {
+            Ok(port) => ports.ports[channel] = Some(port),
+            Err(e) => {
+                unregister_track(client, ports);
+                return Err(jack_error(&format!("cannot register port {name:?}"), e));
+            }
+        }
+    }
+    Ok(ports)
+}
+
+fn port_names(ports: &TrackPorts) -> Vec<String> {
+    ports
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| port.name().ok())
+        .collect()
+}
+
+fn unregister_track(client: &Client, ports: TrackPorts) {
+    for port in ports.ports.into_iter().flatten() {
+        let _ = client.unregister_port(port);
+    }
+}
+
+fn unregister_node(client: &Client, node: Node) {
+    let Node { tracks, master, .. } = node;
+    for ports in tracks.into_vec().into_iter().flatten() {
+        unregister_track(client, *ports);
+    }
+    for port in master {
+        let _ = client.unregister_port(port);
+    }
+}
+
+/// Splits an input word into one group of source ports per channel.
+fn parse_input(input: &str, channels: u8) -> Result<Vec<Vec<String>>, BackendError> {
+    let input = input.trim();
+    if input.is_empty() || input == "none" {
+        return Ok(vec![Vec::new(); usize::from(channels)]);
+    }
+    let groups: Vec<Vec<String>> = input
+        .split(',')
+        .map(|group| {
+            group
+                .split('+')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && *p != "none")
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    if groups.len() != usize::from(channels) {
+        return Err(BackendError::input(format!(
+            "a {} track takes {} input group(s) separated by ',', got {}: {input:?}",
+            if channels == 2 { "stereo" } else { "mono" },
+            channels,
+            groups.len()
+        )));
+    }
+    Ok(groups)
+}
+
+/// The input word of a track's ports as JACK has them connected now.
+fn read_input(client: &Client, ports: &[String]) -> String {
+    let groups: Vec<String> = ports
+        .iter()
+        .map(|name| {
+            let mut sources = client
+                .port_by_name(name)
+                .map(|port| port.get_connections())
+                .unwrap_or_default();
+            sources.sort();
+            sources.join("+")
+        })
+        .collect();
+    if groups.iter().all(String::is_empty) {
+        "none".into()
+    } else {
+        groups.join(",")
+    }
+}
+
+/// Makes the connections of `ports` exactly those of `input`.
+fn connect_input(client: &Client, ports: &[String], input: &str) -> Result<(), BackendError> {
+    let groups = parse_input(input, u8::try_from(ports.len()).unwrap_or(2))?;
+    for (port, sources) in ports.iter().zip(&groups) {
+        let current = client
+            .port_by_name(port)
+            .map(|p| p.get_connections())
+            .unwrap_or_default();
+        for old in current.iter().filter(|old| !sources.contains(old)) {
+            let _ = client.disconnect_ports_by_name(old, port);
+        }
+        for source in sources.iter().filter(|s| !current.contains(s)) {
+            client
+                .connect_ports_by_name(source, port)
+                .map_err(|e| jack_error(&format!("cannot connect {source} to {port}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// One session's handle on the shared graph.
+struct JackSession {
+    graph: Arc<JackGraph>,
+    index: usize,
+}
+
+impl JackSession {
+    fn with_meta<T>(
+        &self,
+        op: impl FnOnce(&JackGraph, &mut GraphState, usize) -> T,
+    ) -> T {
+        let mut state = lock(&self.graph.state);
+        op(&self.graph, &mut state, self.index)
+    }
+}
+
+impl RunningBackend for JackSession {
+    fn info(&self) -> BackendInfo {
+        self.graph.info()
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.graph.devices()
+    }
+
+    fn check_input(&self, input: &str, channels: u8) -> Result<(), BackendError> {
+        self.graph.check_input(input, channels)
+    }
+
+    fn route_track(
+        &mut self,
+        slot: u16,
+        name: &str,
+        channels: u8,
+        input: &str,
+    ) -> Result<[u16; 2], BackendError> {
+        let slot = usize::from(slot);
+        self.with_meta(|_, state, index| {
+            let prefix = match state.nodes[index].as_ref() {
+                Some(meta) if slot < meta.max_tracks => meta.prefix.clone(),
+                _ => return Err(BackendError::failed(format!("no track slot {slot}"))),
+            };
+            let existing = state.nodes[index]
+                .as_ref()
+                .and_then(|meta| meta.tracks.get(&slot))
+                .cloned();
+            let mut ports_names = existing.as_ref().map(|t| t.ports.clone()).unwrap_or_default();
+            if let Some(connection) = state.connection.as_mut() {
+                let client = connection.client.as_client();
+                let fresh = existing
+                    .as_ref()
+                    .is_none_or(|t| t.channels != channels || t.ports.is_empty());
+                if fresh {
+                    let ports = register_track(client, &prefix, name, channels)?;
+                    ports_names = port_names(&ports);
+                    if let Err(rtrb::PushError::Full(GraphCommand::SetTrack { ports, .. })) =
+                        connection.commands.push(GraphCommand::SetTrack {
+                            index,
+                            slot,
+                            ports: Some(Box::new(ports)),
+                        })
+                    {
+                        if let Some(ports) = ports {
+                            unregister_track(client, *ports);
+                        }
+                        return Err(BackendError::failed("the JACK command queue is full"));
+                    }
+                }
+                connect_input(client, &ports_names, input)?;
+            }
+            if let Some(meta) = state.nodes[index].as_mut() {
+                meta.tracks.insert(
+                    slot,
+                    TrackMeta {
+                        name: name.to_string(),
+                        channels,
+                        input: input.to_string(),
+                        ports: ports_names,
+                    },
+                );
+            }
+            let first = u16::try_from(2 * slot).unwrap_or(NO_INPUT);
+            Ok(if channels >= 2 {
+                [first, first.saturating_add(1)]
+            } else {
+                [first, NO_INPUT]
+            })
+        })
+    }
+
+    fn rename_track(&mut self, slot: u16, name: &str) -> Result<(), BackendError> {
+        let slot = usize::from(slot);
+        self.with_meta(|_, state, index| {
+            let Some(meta) = state.nodes[index].as_mut() else {
+                return Ok(());
+            };
+            let prefix = meta.prefix.clone();
+            let Some(track) = meta.tracks.get_mut(&slot) else {
+                return Ok(());
+            };
+            track.name = name.to_string();
+            let new_names = track_port_names(&prefix, name, track.channels);
+            if let Some(connection) = state.connection.as_ref() {
+                let client = connection.client.as_client();
+                let mut renamed = Vec::new();
+                for (full, short) in track.ports.iter().zip(&new_names) {
+                    let mut port = client
+                        .port_by_name(full)
+                        .ok_or_else(|| BackendError::failed(format!("port {full:?} is gone")))?;
+                    port.set_name(short)
+                        .map_err(|e| jack_error(&format!("cannot rename {full:?}"), e))?;
+                    renamed.push(port.name().unwrap_or_else(|_| full.clone()));
+                }
+                track.ports = renamed;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_track(&mut self, slot: u16) {
+        let slot = usize::from(slot);
+        self.with_meta(|_, state, index| {
+            if let Some(meta) = state.nodes[index].as_mut() {
+                meta.tracks.remove(&slot);
+            }
+            if let Some(node) = state.parked[index].as_mut() {
+                if let Some(cell) = node.tracks.get_mut(slot) {
+                    *cell = None;
+                }
+            }
+            if let Some(connection) = state.connection.as_mut() {
+                let _ = connection.commands.push(GraphCommand::SetTrack {
+                    index,
+                    slot,
+                    ports: None,
+                });
+            }
+        });
+    }
+
+    fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
+        self.with_meta(|graph, state, index| {
+            graph.service(state);
+            let mut events = Vec::new();
+            let touched: Vec<String> = match state.connection.as_ref() {
+                Some(c) => std::mem::take(&mut *lock(&c.signals.touched)),
+                None => Vec::new(),
+            };
+            let total_xruns = state
+                .connection
+                .as_ref()
+                .map(|c| c.signals.xruns.load(Ordering::Relaxed));
+            let Some(meta) = state.nodes[index].as_mut() else {
+                return events;
+            };
+            if let Some(total) = total_xruns {
+                if total > meta.xruns_seen {
+                    xruns(total - meta.xruns_seen);
+                    meta.xruns_seen = total;
+                }
+            }
+            if std::mem::take(&mut meta.lost_pending) {
+                events.push(BackendEvent::Lost);
+            }
+            if std::mem::take(&mut meta.restored_pending) {
+                events.push(BackendEvent::Restored);
+            }
+            if let (Some(connection), false) = (state.connection.as_ref(), touched.is_empty()) {
+                let client = connection.client.as_client();
+                for (&slot, track) in meta.tracks.iter_mut() {
+                    if !track.ports.iter().any(|p| touched.contains(p)) {
+                        continue;
+                    }
+                    let input = read_input(client, &track.ports);
+                    if input != track.input {
+                        track.input = input.clone();
+                        events.push(BackendEvent::InputChanged {
+                            slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                            input,
+                        });
+                    }
+                }
+                // Ports of other sessions were touched too: hand those names back.
+                let rest: Vec<String> = touched
+                    .into_iter()
+                    .filter(|name| !meta.tracks.values().any(|t| t.ports.contains(name)))
+                    .collect();
+                if !rest.is_empty() {
+                    lock(&connection.signals.touched).extend(rest);
+                }
+            }
+            events
+        })
+    }
+
+    fn is_running(&self) -> bool {
+        self.graph.is_running()
+    }
+
+    fn run_detached(&mut self, frames: usize) -> bool {
+        self.with_meta(|_, state, index| {
+            let Some(node) = state.parked[index].as_mut() else {
+                return false;
+            };
+            let mut left = vec![0.0; frames];
+            let mut right = vec![0.0; frames];
+            let mut inputs = PlanarInputs::new(2 * node.tracks.len(), frames);
+            inputs.set_frames(frames);
+            node.processor.process(&mut ProcessContext {
+                frames,
+                inputs: &inputs,
+                master_left: &mut left,
+                master_right: &mut right,
+            });
+            true
+        })
+    }
+
+    fn stop(self: Box<Self>) -> Option<Processor> {
+        let index = self.index;
+        let deadline = Instant::now() + DETACH_TIMEOUT;
+        {
+            let mut state = lock(&self.graph.state);
+            if state.parked[index].is_none() {
+                if let Some(connection) = state.connection.as_mut() {
+                    let _ = connection.commands.push(GraphCommand::Detach { index });
+                }
+            }
+        }
+        loop {
+            let mut state = lock(&self.graph.state);
+            self.graph.service(&mut state);
+            if let Some(node) = state.parked[index].take() {
+                state.nodes[index] = None;
+                if let Some(connection) = state.connection.as_ref() {
+                    let Node {
+                        processor,
+                        tracks,
+                        master,
+                        ..
+                    } = *node;
+                    let client = connection.client.as_client();
+                    for ports in tracks.into_vec().into_iter().flatten() {
+                        unregister_track(client, *ports);
+                    }
+                    for port in master {
+                        let _ = client.unregister_port(port);
+                    }
+                    return Some(processor);
+                }
+                return Some(node.processor);
+            }
+            if Instant::now() >= deadline || state.connection.is_none() {
+                tracing::error!("the JACK client did not hand the session's node back in time");
+                state.nodes[index] = None;
+                state.abandoned.push(index);
+                return None;
+            }
+            drop(state);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! A private JACK server (dummy driver) and small JACK clients that feed the daemon's ports and
+//! read its outputs. Each test binary that uses these runs one test, because the clients find
+//! their server through the process-wide `JACK_DEFAULT_SERVER`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jack::{AudioIn, AudioOut, Client, ClientOptions, Control, Port, ProcessScope};
+
+use super::RATE;
+
+/// A private `jackd -d dummy`, stopped by PID on drop.
+pub struct JackServer {
+    child: Option<Child>,
+    pub name: String,
+    pub period: u32,
+}
+
+impl JackServer {
+    /// Starts a server named after this test process and points this process's JACK clients
+    /// at it (`JACK_DEFAULT_SERVER`).
+    pub fn start(period: u32) -> JackServer {
+        let name = format!("overdub-test-{}-{period}", std::process::id());
+        std::env::set_var("JACK_DEFAULT_SERVER", &name);
+        let mut server = JackServer {
+            child: None,
+            name,
+            period,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("jackd")
+            .args(["-r", "-n", &self.name, "-d", "dummy", "-r"])
+            .arg(RATE.to_string())
+            .arg("-p")
+            .arg(self.period.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("jackd must be installed (scripts/install-deps)");
+        self.child = Some(child);
+        let ok = Command::new("jack_wait")
+            .args(["-w", "-t", "10"])
+            .env("JACK_DEFAULT_SERVER", &self.name)
+            .stdout(Stdio::null())
+            .status()
+            .expect("jack_wait must be installed (jackd2)");
+        assert!(ok.success(), "jackd {} did not come up", self.name);
+    }
+
+    /// Kills the server with `signal` and waits for it to exit.
+    pub fn kill(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again under the same name.
+    pub fn restart(&mut self) {
+        self.kill(libc::SIGTERM);
+        self.launch();
+    }
+
+    /// `jack_lsp` with `args`, against this server.
+    pub fn lsp(&self, args: &[&str]) -> String {
+        let out = Command::new("jack_lsp")
+            .args(args)
+            .env("JACK_DEFAULT_SERVER", &self.name)
+            .output()
+            .expect("jack_lsp must be installed (jackd2)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until `jack_lsp` lists `port`.
+    pub fn wait_for_port(&self, port: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.lsp(&[]).lines().any(|l| l == port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The ports connected to `port`, as `jack_lsp -c` shows them.
+    pub fn connections(&self, port: &str) -> Vec<String> {
+        let listing = self.lsp(&["-c"]);
+        let mut lines = listing.lines().skip_while(|l| *l != port).skip(1);
+        let mut out = Vec::new();
+        while let Some(line) = lines.next().filter(|l| l.starts_with("   ")) {
+            out.push(line.trim().to_string());
+        }
+        out
+    }
+}
+
+impl Drop for JackServer {
+    fn drop(&mut self) {
+        self.kill(libc::SIGTERM);
+    }
+}
+
+/// What one feeder output carries.
+#[derive(Clone, Copy)]
+pub enum Signal {
+    /// `super::tone(channel, frame)` at the feeder's own frame count.
+    Tone(usize),
+    /// A constant.
+    Dc(f32),
+}
+
+struct FeederProcess {
+    outs: Vec<Port<AudioOut>>,
+    signals: Vec<Signal>,
+    frame: Arc<AtomicU64>,
+    impulse_at: Arc<AtomicU64>,
+}
+
+/// Value of an impulse the feeder puts on its first two outputs.
+pub const IMPULSE: f32 = 0.9;
+
+impl jack::ProcessHandler for FeederProcess {
+    fn process(&mut self, _: &Client, scope: &ProcessScope) -> Control {
+        let start = self.frame.load(Ordering::Relaxed);
+        let impulse = self.impulse_at.load(Ordering::Relaxed);
+        for (index, (port, signal)) in self.outs.iter_mut().zip(&self.signals).enumerate() {
+            for (k, sample) in port.as_mut_slice(scope).iter_mut().enumerate() {
+                let frame = start + k as u64;
+                *sample = if index < 2 && frame == impulse {
+                    IMPULSE
+                } else {
+                    match signal {
+                        Signal::Tone(channel) => super::tone(*channel, frame),
+                        Signal::Dc(value) => *value,
+                    }
+                };
+            }
+        }
+        self.frame
+            .store(start + u64::from(scope.n_frames()), Ordering::Relaxed);
+        Control::Continue
+    }
+}
+
+/// A JACK client `feeder` with outputs `out_1`… carrying `signals`.
+pub struct Feeder {
+    _client: jack::AsyncClient<(), FeederProcess>,
+    frame: Arc<AtomicU64>,
+    impulse_at: Arc<AtomicU64>,
+}
+
+impl Feeder {
+    pub fn start(signals: &[Signal]) -> Feeder {
+        let (client, _) = Client::new("feeder", ClientOptions::NO_START_SERVER)
+            .expect("the feeder reaches the private jackd");
+        let outs = (1..=signals.len())
+            .map(|n| {
+                client
+                    .register_port(&format!("out_{n}"), AudioOut::default())
+                    .unwrap()
+            })
+            .collect();
+        let frame = Arc::new(AtomicU64::new(0));
+        let impulse_at = Arc::new(AtomicU64::new(u64::MAX));
+        let process = FeederProcess {
+            outs,
+            signals: signals.to_vec(),
+            frame: Arc::clone(&frame),
+            impulse_at: Arc::clone(&impulse_at),
+        };
+        let client = client.activate_async((), process).unwrap();
+        Feeder {
+            _client: client,
+            frame,
+            impulse_at,
+        }
+    }
+
+    /// Puts an impulse on outputs 1 and 2 `after` frames from now; returns its feeder frame.
+    pub fn impulse_in(&self, after: u64) -> u64 {
+        let at = self.frame.load(Ordering::Relaxed) + after;
+        self.impulse_at.store(at, Ordering::Relaxed);
+        at
+    }
+}
+
+struct ProbeProcess {
+    ins: [Port<AudioIn>; 2],
+    last: Arc<[AtomicU32; 2]>,
+}
+
+impl jack::ProcessHandler for ProbeProcess {
+    fn process(&mut self, _: &Client, scope: &ProcessScope) -> Control {
+        for (port, last) in self.ins.iter().zip(self.last.iter()) {
+            if let Some(value) = port.as_slice(scope).last() {
+                last.store(value.to_bits(), Ordering::Relaxed);
+            }
+        }
+        Control::Continue
+    }
+}
+
+/// A JACK client `probe` with inputs `in_L`/`in_R` that keeps the last sample of each.
+pub struct Probe {
+    _client: jack::AsyncClient<(), ProbeProcess>,
+    last: Arc<[AtomicU32; 2]>,
+}
+
+impl Probe {
+    pub fn start() -> Probe {
+        let (client, _) = Client::new("probe", ClientOptions::NO_START_SERVER)
+            .expect("the probe reaches the private jackd");
+        let ins = [
+            client.register_port("in_L", AudioIn::default()).unwrap(),
+            client.register_port("in_R", AudioIn::default()).unwrap(),
+        ];
+        let last = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let process = ProbeProcess {
+            ins,
+            last: Arc::clone(&last),
+        };
+        Probe {
+            _client: client.activate_async((), process).unwrap(),
+            last,
+        }
+    }
+
+    /// The last (left, right) samples seen.
+    pub fn last(&self) -> (f32, f32) {
+        (
+            f32::from_bits(self.last[0].load(Ordering::Relaxed)),
+            f32::from_bits(self.last[1].load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// `jack_connect A B` against the server in `JACK_DEFAULT_SERVER`.
+pub fn connect(a: &str, b: &str) {
+    let ok = Command::new("jack_connect").args([a, b]).status().unwrap();
+    assert!(ok.success(), "jack_connect {a} {b}");
+}
