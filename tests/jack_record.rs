@@ -98,9 +98,19 @@ fn record_and_verify(period: u32) {
     for (index, (channel, samples)) in tracks.iter().enumerate() {
         let run = matching_run(*channel, samples, 0, k);
         if index < 2 {
-            assert_eq!(run, at, "track {} matches its tone up to the impulse", index + 1);
+            assert_eq!(
+                run,
+                at,
+                "track {} matches its tone up to the impulse",
+                index + 1
+            );
             let after = matching_run(*channel, samples, at + 1, k + at as u64 + 1);
-            assert_eq!(at + 1 + after, samples.len(), "track {} after the impulse", index + 1);
+            assert_eq!(
+                at + 1 + after,
+                samples.len(),
+                "track {} after the impulse",
+                index + 1
+            );
         } else {
             assert_eq!(run, samples.len(), "track 3 is its tone throughout");
         }

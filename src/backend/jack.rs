@@ -87,9 +87,10 @@ impl Node {
                     }
                 }
             }
-            let (Some(left), Some(right)) =
-                (left.get_mut(done..done + len), right.get_mut(done..done + len))
-            else {
+            let (Some(left), Some(right)) = (
+                left.get_mut(done..done + len),
+                right.get_mut(done..done + len),
+            ) else {
                 return;
             };
             processor.process(&mut ProcessContext {
@@ -302,7 +303,9 @@ pub struct JackGraph {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn jack_error(what: &str, e: jack::Error) -> BackendError {
@@ -431,7 +434,7 @@ impl JackGraph {
         let state = lock(&self.state);
         let Some(connection) = &state.connection else {
             return Err(BackendError::failed(
-                "the JACK server is gone; inputs can be set when it returns"
+                "the JACK server is gone; inputs can be set when it returns",
             ));
         };
         let client = connection.client.as_client();
@@ -470,11 +473,9 @@ impl JackGraph {
         }
         let mut state = lock(&self.state);
         self.service(&mut state);
-        let Some(index) = (0..MAX_NODES)
-            .find(|&i| {
-                state.nodes[i].is_none() && state.parked[i].is_none() && !state.abandoned.contains(&i)
-            })
-        else {
+        let Some(index) = (0..MAX_NODES).find(|&i| {
+            state.nodes[i].is_none() && state.parked[i].is_none() && !state.abandoned.contains(&i)
+        }) else {
             return Err(BackendError::failed(format!(
                 "one JACK client hosts at most {MAX_NODES} sessions"
             )));
@@ -598,7 +599,8 @@ impl JackGraph {
             );
         }
         for index in 0..MAX_NODES {
-            let (Some(meta), Some(mut node)) = (state.nodes[index].as_mut(), state.parked[index].take())
+            let (Some(meta), Some(mut node)) =
+                (state.nodes[index].as_mut(), state.parked[index].take())
             else {
                 continue;
             };
@@ -691,7 +693,10 @@ fn physical_latency(client: &Client, flags: PortFlags) -> u32 {
         .unwrap_or(0)
 }
 
-fn register_master(client: &Client, prefix: &str) -> Result<[jack::Port<AudioOut>; 2], BackendError> {
+fn register_master(
+    client: &Client,
+    prefix: &str,
+) -> Result<[jack::Port<AudioOut>; 2], BackendError> {
     let left = client
         .register_port(&format!("{prefix}.master_out_L"), AudioOut::default())
         .map_err(|e| jack_error("cannot register the master outputs", e))?;
@@ -839,10 +844,7 @@ struct JackSession {
 }
 
 impl JackSession {
-    fn with_meta<T>(
-        &self,
-        op: impl FnOnce(&JackGraph, &mut GraphState, usize) -> T,
-    ) -> T {
+    fn with_meta<T>(&self, op: impl FnOnce(&JackGraph, &mut GraphState, usize) -> T) -> T {
         let mut state = lock(&self.graph.state);
         op(&self.graph, &mut state, self.index)
     }
@@ -878,7 +880,10 @@ impl RunningBackend for JackSession {
                 .as_ref()
                 .and_then(|meta| meta.tracks.get(&slot))
                 .cloned();
-            let mut ports_names = existing.as_ref().map(|t| t.ports.clone()).unwrap_or_default();
+            let mut ports_names = existing
+                .as_ref()
+                .map(|t| t.ports.clone())
+                .unwrap_or_default();
             if let Some(connection) = state.connection.as_mut() {
                 let client = connection.client.as_client();
                 let fresh = existing

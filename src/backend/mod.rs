@@ -184,7 +184,9 @@ impl Graph {
             },
             #[cfg(not(feature = "jack"))]
             "auto" => {
-                tracing::info!("backend auto: this build has no JACK support; using the virtual graph");
+                tracing::info!(
+                    "backend auto: this build has no JACK support; using the virtual graph"
+                );
                 Ok(Graph::Virtual(virtual_config))
             }
             other => Err(BackendError::failed(format!(

@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(backend.info().period, 256);
         assert_eq!(backend.devices(), virtual_devices(&config));
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let processor = backend.stop();
+        let processor = backend.stop().expect("the virtual thread hands the processor back");
         let recorded = processor.shared().recorded_frames();
 
         // Per track and channel: (virtual channel, samples).

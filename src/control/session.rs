@@ -203,7 +203,9 @@ impl ActiveSession {
     pub fn check_input(&self, input: &str, channels: u8) -> ControlResult<()> {
         match &self.backend {
             Some(backend) => backend.check_input(input, channels).map_err(backend_error),
-            None => Err(ControlError::backend("the session's audio graph is stopped")),
+            None => Err(ControlError::backend(
+                "the session's audio graph is stopped",
+            )),
         }
     }
 
@@ -293,13 +295,19 @@ impl ActiveSession {
                 track.engine_starts,
             )
         };
-        let mut inputs = self.tracks.get(&index).map(|t| t.params.input).unwrap_or_default();
+        let mut inputs = self
+            .tracks
+            .get(&index)
+            .map(|t| t.params.input)
+            .unwrap_or_default();
         if row.input != old.input {
             inputs = self.route_track(&row)?;
         }
         if row.name != old.name {
             if let Some(backend) = self.backend.as_mut() {
-                backend.rename_track(slot, &row.name).map_err(backend_error)?;
+                backend
+                    .rename_track(slot, &row.name)
+                    .map_err(backend_error)?;
             }
         }
         let params = params_from_row(&row, inputs)?;

@@ -1,0 +1,178 @@
+//! The master outputs on JACK carry the monitor mix: a feeder puts a different constant on each
+//! of three tracks, a probe client reads `master_out_L/R`, and for several level, pan, mute and
+//! solo settings both sides equal Σ level × pan gain × input over the audible tracks, within
+//! 0.1 dB.
+#![cfg(feature = "jack")]
+
+mod common;
+
+use std::f64::consts::FRAC_PI_4;
+
+use common::jack::{connect, Feeder, JackServer, Probe, Signal};
+use common::*;
+
+const INPUTS: [f64; 3] = [0.1, 0.2, 0.3];
+
+struct TrackMix {
+    level: f64,
+    pan: f64,
+    muted: bool,
+    soloed: bool,
+}
+
+/// Constant-power pan: left = cos θ, right = sin θ, θ = (pan + 1) π/4.
+fn expected(mix: &[TrackMix]) -> (f64, f64) {
+    let any_solo = mix.iter().any(|t| t.soloed);
+    mix.iter()
+        .zip(INPUTS)
+        .filter(|(t, _)| !t.muted && (!any_solo || t.soloed))
+        .fold((0.0, 0.0), |(l, r), (t, input)| {
+            let theta = (t.pan + 1.0) * FRAC_PI_4;
+            (
+                l + input * t.level * theta.cos(),
+                r + input * t.level * theta.sin(),
+            )
+        })
+}
+
+fn db_apart(a: f64, b: f64) -> f64 {
+    (20.0 * (a.abs() / b.abs()).log10()).abs()
+}
+
+#[test]
+fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
+    let server = JackServer::start(256);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &Reach::PeerToPeer(dir.path().join("run")),
+        &dir.path().join("data"),
+        &Settings {
+            backend: "jack",
+            jack_server: Some(server.name.clone()),
+            ..Settings::default()
+        },
+    );
+    daemon.cli(&["session", "create", "mix", "--tracks", "3"]);
+    let _feeder = Feeder::start(&INPUTS.map(|v| Signal::Dc(v as f32)));
+    let probe = Probe::start();
+    connect("overdub:mix.master_out_L", "probe:in_L");
+    connect("overdub:mix.master_out_R", "probe:in_R");
+
+    let scenarios: [[TrackMix; 3]; 4] = [
+        [
+            TrackMix {
+                level: 1.0,
+                pan: 0.0,
+                muted: false,
+                soloed: false,
+            },
+            TrackMix {
+                level: 0.5,
+                pan: -1.0,
+                muted: false,
+                soloed: false,
+            },
+            TrackMix {
+                level: 0.25,
+                pan: 0.5,
+                muted: false,
+                soloed: false,
+            },
+        ],
+        [
+            TrackMix {
+                level: 1.0,
+                pan: 0.0,
+                muted: false,
+                soloed: false,
+            },
+            TrackMix {
+                level: 0.5,
+                pan: -1.0,
+                muted: true,
+                soloed: false,
+            },
+            TrackMix {
+                level: 1.5,
+                pan: 0.3,
+                muted: false,
+                soloed: false,
+            },
+        ],
+        [
+            TrackMix {
+                level: 0.8,
+                pan: -0.4,
+                muted: false,
+                soloed: true,
+            },
+            TrackMix {
+                level: 0.5,
+                pan: -1.0,
+                muted: false,
+                soloed: false,
+            },
+            TrackMix {
+                level: 1.0,
+                pan: 1.0,
+                muted: false,
+                soloed: true,
+            },
+        ],
+        [
+            TrackMix {
+                level: 2.0,
+                pan: 0.0,
+                muted: true,
+                soloed: true,
+            },
+            TrackMix {
+                level: 0.7,
+                pan: 0.2,
+                muted: false,
+                soloed: false,
+            },
+            TrackMix {
+                level: 1.0,
+                pan: 1.0,
+                muted: false,
+                soloed: true,
+            },
+        ],
+    ];
+    for (n, mix) in scenarios.iter().enumerate() {
+        for (index, track) in mix.iter().enumerate() {
+            let mut args = vec![
+                "track".to_string(),
+                "set".to_string(),
+                (index + 1).to_string(),
+                "--arm".to_string(),
+                "--input".to_string(),
+                format!("feeder:out_{}", index + 1),
+                "--level".to_string(),
+                track.level.to_string(),
+                "--pan".to_string(),
+                track.pan.to_string(),
+            ];
+            args.push(if track.muted { "--mute" } else { "--unmute" }.into());
+            args.push(if track.soloed { "--solo" } else { "--unsolo" }.into());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            daemon.cli(&args);
+        }
+        sleep(0.2);
+        let (left, right) = probe.last();
+        let (want_left, want_right) = expected(mix);
+        for (side, got, want) in [("left", left, want_left), ("right", right, want_right)] {
+            let got = f64::from(got);
+            if want.abs() < 1e-9 {
+                assert!(got.abs() < 1e-6, "scenario {n} {side}: {got} where silence");
+            } else {
+                assert!(
+                    db_apart(got, want) < 0.1,
+                    "scenario {n} {side}: {got} vs {want} ({:.3} dB)",
+                    db_apart(got, want)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Living with a JACK server: connections set with the CLI show in `jack_lsp -c` and come back
+//! after a daemon restart and after a jackd restart; when jackd is killed mid-take the daemon
+//! stays up, closes readable takes and signals `Error` on D-Bus, and when jackd returns its
+//! ports are back within 5 s and recording resumes into new takes.
+#![cfg(feature = "jack")]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::jack::JackServer;
+use common::*;
+
+#[test]
+fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
+    let mut server = JackServer::start(256);
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        backend: "jack",
+        jack_server: Some(server.name.clone()),
+        ..Settings::default()
+    };
+    let reach = Reach::Bus(bus.address.clone());
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start(&reach, &data, &settings);
+    daemon.cli(&["session", "create", "live", "--tracks", "2"]);
+    let track2 = "overdub:live.track-2.in";
+    daemon.cli(&["track", "set", "2", "--input", "system:capture_1"]);
+    assert_eq!(server.connections(track2), vec!["system:capture_1"]);
+
+    // Connections made by another program are stored as the track's input.
+    let ok = Command::new("jack_connect")
+        .args(["system:capture_2", "overdub:live.track-1.in"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let input = daemon.cli_json(&["session", "show", "--json"])["tracks"][0]["input"].clone();
+        if input == "system:capture_1+system:capture_2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "track 1 input stays {input}");
+        sleep(0.05);
+    }
+
+    // Daemon restart: the session comes back active with its connections.
+    daemon.terminate();
+    let mut daemon = Daemon::start(&reach, &data, &settings);
+    assert!(server.wait_for_port(track2, Duration::from_secs(5)));
+    assert_eq!(server.connections(track2), vec!["system:capture_1"]);
+    assert_eq!(
+        server.connections("overdub:live.track-1.in"),
+        vec!["system:capture_1", "system:capture_2"]
+    );
+
+    // jackd restart while idle: ports and connections come back.
+    server.restart();
+    assert!(
+        server.wait_for_port(track2, Duration::from_secs(5)),
+        "ports back after a jackd restart:\n{}",
+        daemon.log()
+    );
+    wait_for(
+        || server.connections(track2) == ["system:capture_1"],
+        "connections restored",
+    );
+
+    // Kill jackd mid-take.
+    let monitor = Command::new("gdbus")
+        .args([
+            "monitor",
+            "--address",
+            &bus.address,
+            "--dest",
+            "org.overdub.Overdub1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gdbus must be installed (libglib2.0-bin)");
+    let (mut monitor, signals) = collect_stdout(monitor);
+    sleep(0.3);
+    daemon.cli(&["record"]);
+    sleep(1.0);
+    server.kill(libc::SIGKILL);
+    wait_for(
+        || daemon.cli_json(&["status", "--json"])["sessions"][0]["state"] == "stopped",
+        "the transport stops when the server dies",
+    );
+    let takes = daemon.takes();
+    assert_eq!(takes.len(), 2, "{takes:?}");
+    for take in &takes {
+        assert_eq!(take.status, "complete", "{take:?}");
+        let (rate, channels, _, samples) = sox_info(&take.path);
+        assert_eq!((rate, channels), (RATE, 1));
+        assert!(
+            samples > u64::from(RATE) / 2,
+            "{samples} samples in {take:?}"
+        );
+        assert_eq!(samples, take.frames);
+    }
+    assert!(
+        daemon.take_events().contains("interrupted"),
+        "{}",
+        daemon.take_events()
+    );
+
+    // jackd returns: ports within 5 s, recording resumed into new takes.
+    let back = Instant::now();
+    server.restart();
+    assert!(
+        server.wait_for_port(track2, Duration::from_secs(5)),
+        "ports back within 5 s:\n{}",
+        daemon.log()
+    );
+    assert!(back.elapsed() < Duration::from_secs(15));
+    wait_for(
+        || daemon.cli_json(&["status", "--json"])["sessions"][0]["state"] == "recording",
+        "recording resumes",
+    );
+    sleep(0.5);
+    daemon.cli(&["stop"]);
+    let takes = daemon.takes();
+    assert_eq!(takes.len(), 4, "two new takes: {takes:?}");
+    assert!(takes.iter().all(|t| t.status == "complete"), "{takes:?}");
+    assert_eq!(server.connections(track2), vec!["system:capture_1"]);
+
+    // SAFETY: kill(2) on the monitor this test spawned.
+    unsafe { libc::kill(monitor.id() as i32, libc::SIGTERM) };
+    let _ = monitor.wait();
+    let signals = signals.join().unwrap();
+    assert!(
+        signals.contains("org.overdub.Overdub1.Session.Error")
+            && signals.contains("audio server went away"),
+        "no Error signal:\n{signals}"
+    );
+    daemon.terminate();
+}
+
+fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        sleep(0.05);
+    }
+}
