@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::virtual_graph::{VirtualConfig, VirtualSignal};
+use crate::backend::{JackSettings, TransportMode};
 
 use crate::capture::SampleFormat;
 
@@ -134,12 +135,15 @@ impl Default for AudioConfig {
 pub struct JackConfig {
     /// Client name (JACK appends `-01`… when it is taken).
     pub client_name: String,
+    /// `off`, `follow` (start, stop and locate with the JACK transport) or `lead` (drive it).
+    pub transport: String,
 }
 
 impl Default for JackConfig {
     fn default() -> Self {
         JackConfig {
             client_name: "overdub".into(),
+            transport: "off".into(),
         }
     }
 }
@@ -266,6 +270,14 @@ impl Config {
         }
     }
 
+    /// The JACK client's settings.
+    pub fn jack_settings(&self) -> JackSettings {
+        JackSettings {
+            client_name: self.jack.client_name.clone(),
+            transport: TransportMode::parse(&self.jack.transport).unwrap_or(TransportMode::Off),
+        }
+    }
+
     /// The virtual graph's settings (its input count follows `engine.max_tracks`).
     pub fn virtual_config(&self) -> VirtualConfig {
         VirtualConfig {
@@ -294,6 +306,9 @@ impl Config {
             || self.jack.client_name.contains([':', '\0'])
         {
             return bad("jack.client_name", "must be 1–48 characters without ':'");
+        }
+        if TransportMode::parse(&self.jack.transport).is_none() {
+            return bad("jack.transport", "must be \"off\", \"follow\" or \"lead\"");
         }
         if !(8_000..=384_000).contains(&self.audio.sample_rate) {
             return bad("audio.sample_rate", "must be 8000–384000");

@@ -28,7 +28,8 @@ use jack::{
 };
 
 use super::{
-    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
+    RunningBackend, TransportMode, TransportRequest,
 };
 use crate::engine::{ProcessContext, Processor, NO_INPUT};
 
@@ -271,6 +272,8 @@ struct NodeMeta {
     restored_pending: bool,
     /// Xruns already added to the session's counters.
     xruns_seen: u64,
+    /// The server transport as this session last saw it (rolling, frame), when following.
+    transport_seen: Option<(bool, u64)>,
 }
 
 /// The live client and its queues.
@@ -298,6 +301,7 @@ struct GraphState {
 /// real-time thread.
 pub struct JackGraph {
     client_name: String,
+    transport: TransportMode,
     sample_rate: u32,
     state: Mutex<GraphState>,
 }
@@ -316,13 +320,14 @@ impl JackGraph {
     /// Opens and activates the client `client_name` on the server named by
     /// `$JACK_DEFAULT_SERVER` (or the default one). Fails quickly when no server answers; never
     /// starts a server.
-    pub fn open(client_name: &str) -> Result<JackGraph, BackendError> {
+    pub fn open(settings: &JackSettings) -> Result<JackGraph, BackendError> {
         let (rescue_tx, rescue_rx) = mpsc::channel();
-        let connection = connect(client_name, &rescue_tx)?;
+        let connection = connect(&settings.client_name, &rescue_tx)?;
         let sample_rate = connection.client.as_client().sample_rate();
         let client_name = connection.client.as_client().name().to_string();
         Ok(JackGraph {
             client_name,
+            transport: settings.transport,
             sample_rate,
             state: Mutex::new(GraphState {
                 connection: Some(connection),
@@ -513,6 +518,7 @@ impl JackGraph {
             return Err(BackendError::failed("the JACK command queue is full"));
         }
         let xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
+        let transport_seen = transport_position(connection.client.as_client());
         state.nodes[index] = Some(NodeMeta {
             prefix,
             max_tracks,
@@ -520,6 +526,7 @@ impl JackGraph {
             lost_pending: false,
             restored_pending: false,
             xruns_seen,
+            transport_seen,
         });
         Ok(Box::new(JackSession {
             graph: Arc::clone(self),
@@ -644,6 +651,26 @@ impl JackGraph {
         }
         connection.signals.xruns.store(0, Ordering::Relaxed);
         state.connection = Some(connection);
+    }
+}
+
+/// The server transport now: (rolling, frame). `None` if it cannot be read.
+fn transport_position(client: &Client) -> Option<(bool, u64)> {
+    let now = client.transport().query().ok()?;
+    Some((
+        now.state == jack::TransportState::Rolling,
+        u64::from(now.pos.frame()),
+    ))
+}
+
+/// What changed in the server transport between `seen` and `now`, for a follower.
+fn transport_change(seen: Option<(bool, u64)>, now: (bool, u64)) -> Option<BackendEvent> {
+    let (was_rolling, was_at) = seen.unwrap_or((false, now.1));
+    match (was_rolling, now.0) {
+        (false, true) => Some(BackendEvent::TransportStarted),
+        (true, false) => Some(BackendEvent::TransportStopped),
+        (false, false) if now.1 != was_at => Some(BackendEvent::TransportLocated { frame: now.1 }),
+        _ => None,
     }
 }
 
@@ -1003,6 +1030,19 @@ impl RunningBackend for JackSession {
             }
             if std::mem::take(&mut meta.restored_pending) {
                 events.push(BackendEvent::Restored);
+                meta.transport_seen = None;
+            }
+            if graph.transport == TransportMode::Follow {
+                if let Some(now) = state
+                    .connection
+                    .as_ref()
+                    .and_then(|c| transport_position(c.client.as_client()))
+                {
+                    if meta.transport_seen.is_some() {
+                        events.extend(transport_change(meta.transport_seen, now));
+                    }
+                    meta.transport_seen = Some(now);
+                }
             }
             if let (Some(connection), false) = (state.connection.as_ref(), touched.is_empty()) {
                 let client = connection.client.as_client();
@@ -1034,6 +1074,27 @@ impl RunningBackend for JackSession {
 
     fn is_running(&self) -> bool {
         self.graph.is_running()
+    }
+
+    fn lead_transport(&mut self, request: TransportRequest) {
+        if self.graph.transport != TransportMode::Lead {
+            return;
+        }
+        let state = lock(&self.graph.state);
+        let Some(connection) = state.connection.as_ref() else {
+            return;
+        };
+        let transport = connection.client.as_client().transport();
+        let result = match request {
+            TransportRequest::Start => transport.start(),
+            TransportRequest::Stop => transport.stop(),
+            TransportRequest::Locate(frame) => {
+                transport.locate(u32::try_from(frame).unwrap_or(u32::MAX))
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!("JACK transport {request:?}: {e}");
+        }
     }
 
     fn run_detached(&mut self, frames: usize) -> bool {

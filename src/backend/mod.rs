@@ -63,6 +63,15 @@ pub enum BackendEvent {
     Lost,
     /// The server is back: ports and connections are restored and the processor runs again.
     Restored,
+    /// The audio server's transport started rolling (followed transport).
+    TransportStarted,
+    /// The audio server's transport stopped (followed transport).
+    TransportStopped,
+    /// The audio server's transport was moved while stopped (followed transport).
+    TransportLocated {
+        /// New position.
+        frame: u64,
+    },
     /// Someone changed the connections of track `slot`'s ports; `input` is the new input word.
     InputChanged {
         /// Track slot (0-based).
@@ -109,6 +118,17 @@ pub struct BackendInfo {
     pub output_latency_frames: u32,
 }
 
+/// What a session asks of a transport it leads (JACK transport `lead`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportRequest {
+    /// Start rolling.
+    Start,
+    /// Stop.
+    Stop,
+    /// Move to a frame.
+    Locate(u64),
+}
+
 /// A backend whose audio thread is running one session's processor. Every method runs off the
 /// real-time thread.
 pub trait RunningBackend: Send {
@@ -135,6 +155,9 @@ pub trait RunningBackend: Send {
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent>;
     /// Whether the audio server is there and the processor runs.
     fn is_running(&self) -> bool;
+    /// Passes a transport change of the session on to the server's transport when the backend
+    /// leads it; does nothing otherwise.
+    fn lead_transport(&mut self, request: TransportRequest);
     /// While the server is gone, runs the processor once over `frames` frames of silence on the
     /// calling thread (so queued commands such as a stop take effect). `false` if it is not
     /// detached.
@@ -142,6 +165,38 @@ pub trait RunningBackend: Send {
     /// Stops the audio thread and hands the processor back (so it is dropped off the RT
     /// thread); `None` if the audio server kept it.
     fn stop(self: Box<Self>) -> Option<Processor>;
+}
+
+/// How a JACK client relates to the server's transport (`jack.transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportMode {
+    /// Ignore it.
+    Off,
+    /// Start (record when a track is armed, else play), stop and locate with it.
+    Follow,
+    /// Start, stop and locate it with overdub's transport.
+    Lead,
+}
+
+impl TransportMode {
+    /// Parses `off`, `follow` or `lead`.
+    pub fn parse(word: &str) -> Option<TransportMode> {
+        match word {
+            "off" => Some(TransportMode::Off),
+            "follow" => Some(TransportMode::Follow),
+            "lead" => Some(TransportMode::Lead),
+            _ => None,
+        }
+    }
+}
+
+/// The settings of the JACK client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JackSettings {
+    /// Client name.
+    pub client_name: String,
+    /// Transport relation.
+    pub transport: TransportMode,
 }
 
 /// The audio graph the daemon runs on, chosen once at start (`audio.backend`).
@@ -159,16 +214,16 @@ impl Graph {
     pub fn choose(
         backend: &str,
         virtual_config: VirtualConfig,
-        jack_client: &str,
+        jack: &JackSettings,
     ) -> Result<Graph, BackendError> {
         #[cfg(not(feature = "jack"))]
-        let _ = jack_client;
+        let _ = jack;
         match backend {
             "virtual" => Ok(Graph::Virtual(virtual_config)),
             #[cfg(feature = "jack")]
-            "jack" => Ok(Graph::Jack(Arc::new(jack::JackGraph::open(jack_client)?))),
+            "jack" => Ok(Graph::Jack(Arc::new(jack::JackGraph::open(jack)?))),
             #[cfg(feature = "jack")]
-            "auto" => match jack::JackGraph::open(jack_client) {
+            "auto" => match jack::JackGraph::open(jack) {
                 Ok(graph) => {
                     tracing::info!(
                         client = graph.client_name(),

@@ -11,7 +11,7 @@ use std::thread::{self, JoinHandle};
 
 use super::{
     resolve_input, BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs,
-    RunningBackend,
+    RunningBackend, TransportRequest,
 };
 use crate::engine::{ProcessContext, Processor};
 
@@ -229,6 +229,9 @@ impl RunningBackend for VirtualBackend {
         true
     }
 
+    /// The virtual graph has no shared transport.
+    fn lead_transport(&mut self, _request: TransportRequest) {}
+
     fn run_detached(&mut self, _frames: usize) -> bool {
         false
     }
@@ -428,7 +431,9 @@ mod tests {
         assert_eq!(backend.info().period, 256);
         assert_eq!(backend.devices(), virtual_devices(&config));
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let processor = backend.stop().expect("the virtual thread hands the processor back");
+        let processor = backend
+            .stop()
+            .expect("the virtual thread hands the processor back");
         let recorded = processor.shared().recorded_frames();
 
         // Per track and channel: (virtual channel, samples).

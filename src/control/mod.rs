@@ -267,7 +267,7 @@ impl Control {
         let graph = Graph::choose(
             &config.audio.backend,
             config.virtual_config(),
-            &config.jack.client_name,
+            &config.jack_settings(),
         )
         .map_err(|e| ControlError::backend(e.message))?;
         let (events, _) = broadcast::channel(1024);

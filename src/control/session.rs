@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::backend::{BackendError, BackendEvent, Graph, RunningBackend};
+use crate::backend::{BackendError, BackendEvent, Graph, RunningBackend, TransportRequest};
 use crate::capture::{
     bytes_per_second, free_space, CaptureWriter, ControlToWriter, SampleFormat, WriterConfig,
     WriterToControl,
@@ -400,9 +400,12 @@ impl ActiveSession {
                 })
                 .await;
         }
-        if let Err(error) = &result {
-            for (index, take_id) in prepared {
-                self.cancel_take(index, take_id, &error.message).await;
+        match &result {
+            Ok(()) => self.lead(TransportRequest::Start),
+            Err(error) => {
+                for (index, take_id) in prepared {
+                    self.cancel_take(index, take_id, &error.message).await;
+                }
             }
         }
         result
@@ -424,6 +427,7 @@ impl ActiveSession {
             s.state == TransportState::Playing
         })
         .await?;
+        self.lead(TransportRequest::Start);
         self.wait_for_takes().await
     }
 
@@ -442,7 +446,9 @@ impl ActiveSession {
         self.command(ControlToEngine::Pause, |s| {
             s.state == TransportState::Paused
         })
-        .await
+        .await?;
+        self.lead(TransportRequest::Stop);
+        Ok(())
     }
 
     /// `resume`: continue what was paused, into the same takes.
@@ -457,7 +463,9 @@ impl ActiveSession {
         self.command(ControlToEngine::Resume, |s| {
             s.state != TransportState::Paused
         })
-        .await
+        .await?;
+        self.lead(TransportRequest::Start);
+        Ok(())
     }
 
     /// `stop`: end every take, wait until their files are final, return the metrics.
@@ -468,6 +476,7 @@ impl ActiveSession {
                 s.state == TransportState::Stopped
             })
             .await?;
+            self.lead(TransportRequest::Stop);
         }
         self.wait_for_takes().await?;
         let metrics = self.metrics();
@@ -486,7 +495,9 @@ impl ActiveSession {
         self.command(ControlToEngine::Seek { frame }, move |s| {
             s.state == TransportState::Playing || s.shared.position() == frame
         })
-        .await
+        .await?;
+        self.lead(TransportRequest::Locate(frame));
+        Ok(())
     }
 
     /// The metrics of the current recording run, or of the last one when stopped.
@@ -1021,6 +1032,21 @@ impl ActiveSession {
                 BackendEvent::InputChanged { slot, input } => {
                     self.on_input_changed(slot, input).await
                 }
+                BackendEvent::TransportStarted => self.follow_start().await,
+                BackendEvent::TransportStopped => {
+                    if self.state != TransportState::Stopped {
+                        if let Err(e) = self.stop().await {
+                            self.report(e);
+                        }
+                    }
+                }
+                BackendEvent::TransportLocated { frame } => {
+                    if self.state == TransportState::Stopped && self.position() != frame {
+                        if let Err(e) = self.seek(frame).await {
+                            self.report(e);
+                        }
+                    }
+                }
             }
         }
     }
@@ -1058,6 +1084,34 @@ impl ActiveSession {
         }
         tracing::error!(session = %self.row.id, "{message}");
         self.report(ControlError::backend(message));
+    }
+
+    /// The followed transport started: record when a track is armed, else play.
+    async fn follow_start(&mut self) {
+        if self.state != TransportState::Stopped {
+            return;
+        }
+        let result = if self.tracks.values().any(|t| t.params.armed) {
+            self.record().await
+        } else {
+            self.play().await
+        };
+        if let Err(e) = result {
+            self.report(ControlError {
+                code: e.code,
+                message: format!(
+                    "the JACK transport started, but overdub did not: {}",
+                    e.message
+                ),
+            });
+        }
+    }
+
+    /// Passes a transport change on to a led server transport.
+    fn lead(&mut self, request: TransportRequest) {
+        if let Some(backend) = self.backend.as_mut() {
+            backend.lead_transport(request);
+        }
     }
 
     async fn on_graph_restored(&mut self) {

@@ -70,6 +70,8 @@ pub struct Settings {
     pub backend: &'static str,
     /// The private JACK server the daemon talks to (`JACK_DEFAULT_SERVER`).
     pub jack_server: Option<String>,
+    /// More TOML appended to the config file (whole sections).
+    pub extra_config: String,
 }
 
 impl Default for Settings {
@@ -82,6 +84,7 @@ impl Default for Settings {
             max_tracks: 64,
             backend: "virtual",
             jack_server: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -116,13 +119,14 @@ pub fn write_config(dir: &Path, settings: &Settings) -> PathBuf {
             "[audio]\nbackend = \"{}\"\nsample_rate = {RATE}\nperiod = {PERIOD}\n\
              [engine]\nmax_tracks = {}\n\
              [capture]\nformat = \"{}\"\nflush_interval = {}\nmin_free_seconds = {}\nstop_free_seconds = {}\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n",
+             [http]\nlisten = \"127.0.0.1:0\"\n{}",
             settings.backend,
             settings.max_tracks,
             settings.format,
             settings.flush_interval,
             settings.min_free_seconds,
-            settings.stop_free_seconds
+            settings.stop_free_seconds,
+            settings.extra_config
         ),
     )
     .unwrap();
