@@ -690,6 +690,8 @@ impl ActiveSession {
                     self.rejection = Some(reason);
                 }
                 EngineToControl::TrackRetired { slot, .. } => drop(slot),
+                EngineToControl::StreamRetired { stream, .. } => drop(stream),
+                EngineToControl::TapRetired { tap, .. } => drop(tap),
                 EngineToControl::TakeStarted { track, .. } => {
                     if let Some(t) = self.tracks.values_mut().find(|t| t.slot == track) {
                         t.engine_starts += 1;
