@@ -90,6 +90,8 @@ pub(super) struct ActiveSession {
     events: broadcast::Sender<Event>,
     run: RunStats,
     xruns_seen: u64,
+    /// Inbound streams and taps attached through handles.
+    pub(super) audio: super::stream::AudioLinks,
 }
 
 impl ActiveSession {
@@ -165,6 +167,7 @@ impl ActiveSession {
             events,
             run: RunStats::default(),
             xruns_seen: 0,
+            audio: super::stream::AudioLinks::new(),
         };
         for track in tracks {
             let next = next_takes.get(&track.index).copied().unwrap_or(1);
@@ -264,6 +267,7 @@ impl ActiveSession {
             writer.send(ControlToWriter::RemoveTrack { track: slot });
         }
         self.tracks.remove(&index);
+        self.audio.forget_track(index);
         Ok(())
     }
 
@@ -614,7 +618,7 @@ impl ActiveSession {
         .await;
     }
 
-    fn send(&mut self, command: ControlToEngine) -> ControlResult<()> {
+    pub(super) fn send(&mut self, command: ControlToEngine) -> ControlResult<()> {
         self.engine
             .send(command)
             .map_err(|_| ControlError::backend("the audio thread's command queue is full"))
@@ -671,6 +675,7 @@ impl ActiveSession {
     /// take boundaries, gaps, finished takes, xruns, low disk. Called by every operation and by
     /// the session's periodic pump.
     pub async fn drain(&mut self) {
+        self.apply_releases();
         while let Some(event) = self.engine.pop_event() {
             match event {
                 EngineToControl::State { state, frame } => {
