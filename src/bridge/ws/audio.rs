@@ -668,7 +668,8 @@ mod tests {
     #[test]
     fn every_broken_header_is_named() {
         let good = frame(&HEADER, &[0u8; 8]);
-        let cases: [(Box<dyn Fn(&mut Vec<u8>)>, &str); 7] = [
+        type Breaker = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: [(Breaker, &str); 7] = [
             (Box::new(|b| b.truncate(10)), "shorter than"),
             (Box::new(|b| b[0] = b'X'), "magic"),
             (Box::new(|b| b[4] = 2), "version"),
