@@ -1,18 +1,21 @@
 //! The WebSocket at `/ws` and its alias `/ws/audio/{sessionId}` (DESIGN.md §5.3; the
 //! protocol is in docs/protocol.md). Text frames carry JSON: `control` commands answered by a
 //! `reply` or an `error` frame, and `subscribe`/`unsubscribe` for pushes (`position`,
-//! `meters`, `transport`, `track`, `take`, `system`). Binary frames (audio) are not served by
-//! this version and are answered with an error frame.
+//! `meters`, `transport`, `track`, `take`, `system`). Binary frames carry audio ([`audio`]):
+//! inbound chunks record into a track, `audio_out` sends the master or a track back.
 //!
-//! Each connection runs three tasks: the reader (this module: parses and runs commands, one
-//! at a time, so replies come back in order), the pusher ([`push`]: fills the client's
-//! bounded [`outbox::Outbox`]) and the writer (drains replies and the outbox into the socket).
+//! Each connection runs three tasks, plus one per outbound audio source: the reader (this
+//! module: parses and runs commands and audio chunks, one at a time, so replies come back in
+//! order), the pusher ([`push`]: fills the client's bounded [`outbox::Outbox`]) and the writer
+//! (drains replies, the bounded audio queue and the outbox into the socket).
 //! Limits: `http.max_clients` (over: the upgrade is refused with 503 and a JSON error),
 //! `http.max_ws_message_bytes` (over: close code 1009), `http.commands_per_second` per client
-//! (over: an `invalid_state` error frame; the message is not run).
+//! (over: an `invalid_state` error frame; the message is not run). Audio chunks do not count
+//! against it: the stream's ring holds them back instead.
 //!
 //! Not real-time: runs on tokio.
 
+mod audio;
 mod commands;
 mod outbox;
 mod push;
@@ -44,6 +47,9 @@ use wire::Topic;
 const EVENT_QUEUE: usize = 256;
 /// Replies waiting for a client that does not read; when full, its commands wait unread.
 const REPLY_QUEUE: usize = 32;
+/// Outbound audio chunks (about 10 ms each) waiting for a client; when full, new chunks are
+/// dropped and counted.
+const AUDIO_QUEUE: usize = 32;
 /// How long a closing connection may take to hand its last frames to a client.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -111,6 +117,7 @@ impl Drop for ClientSlot {
 /// What the reader hands the writer.
 enum Outgoing {
     Text(String),
+    Binary(Vec<u8>),
     Close(u16, &'static str),
 }
 
@@ -119,20 +126,23 @@ async fn serve(socket: WebSocket, state: AppState, bound: Option<String>, slot: 
     let (sink, mut stream) = socket.split();
     let outbox = Arc::new(Outbox::new(EVENT_QUEUE));
     let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
-    let mut writer = tokio::spawn(write(sink, replies_rx, outbox.clone()));
+    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE);
+    let mut writer = tokio::spawn(write(sink, replies_rx, audio_rx, outbox.clone()));
     let (subscription, subscription_rx) = watch::channel(Subscription::default());
     let pusher = tokio::spawn(push::run(
         state.control.clone(),
         Duration::from_millis(state.config.position_interval_ms),
         bound.clone(),
         subscription_rx,
-        outbox,
+        outbox.clone(),
     ));
     let mut limiter = RateLimiter::new(state.config.commands_per_second, Instant::now());
     let mut connection = Connection {
         state: &state,
         bound: bound.as_deref(),
         subscription: &subscription,
+        audio_in: audio::AudioIn::default(),
+        audio_out: audio::AudioOut::new(audio_tx, outbox),
     };
     while let Some(received) = stream.next().await {
         let message = match received {
@@ -153,6 +163,10 @@ async fn serve(socket: WebSocket, state: AppState, bound: Option<String>, slot: 
         let out = match message {
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Binary(bytes) => match connection.audio_chunk(&bytes).await {
+                Ok(()) => continue,
+                Err(error) => wire::error(&Value::Null, &error),
+            },
             message if !limiter.allow(Instant::now()) => wire::error(
                 &id_of(&message),
                 &ControlError::invalid_state(format!(
@@ -161,18 +175,14 @@ async fn serve(socket: WebSocket, state: AppState, bound: Option<String>, slot: 
                 )),
             ),
             Message::Text(text) => connection.handle(text.as_str()).await,
-            Message::Binary(_) => wire::error(
-                &Value::Null,
-                &ControlError::invalid_argument(
-                    "audio streaming over WebSocket is not available in this version of overdub; binary frames are not accepted",
-                ),
-            ),
         };
         if replies.send(Outgoing::Text(out)).await.is_err() {
             break;
         }
     }
     pusher.abort();
+    // Detaches every stream and tap of the connection.
+    drop(connection);
     drop(replies);
     if tokio::time::timeout(CLOSE_GRACE, &mut writer)
         .await
@@ -187,6 +197,7 @@ async fn serve(socket: WebSocket, state: AppState, bound: Option<String>, slot: 
 async fn write(
     mut sink: SplitSink<WebSocket, Message>,
     mut replies: mpsc::Receiver<Outgoing>,
+    mut audio: mpsc::Receiver<Vec<u8>>,
     outbox: Arc<Outbox>,
 ) {
     loop {
@@ -196,11 +207,13 @@ async fn write(
                 Some(reply) => vec![reply],
                 None => break,
             },
+            Some(chunk) = audio.recv() => vec![Outgoing::Binary(chunk)],
             () = outbox.ready() => outbox.take().into_iter().map(Outgoing::Text).collect(),
         };
         for item in batch {
             let sent = match item {
                 Outgoing::Text(text) => sink.feed(Message::Text(text.into())).await,
+                Outgoing::Binary(bytes) => sink.feed(Message::Binary(bytes.into())).await,
                 Outgoing::Close(code, reason) => {
                     let frame = CloseFrame {
                         code,
@@ -226,6 +239,8 @@ struct Connection<'a> {
     state: &'a AppState,
     bound: Option<&'a str>,
     subscription: &'a watch::Sender<Subscription>,
+    audio_in: audio::AudioIn,
+    audio_out: audio::AudioOut,
 }
 
 impl Connection<'_> {
@@ -267,7 +282,21 @@ impl Connection<'_> {
         };
         let data = frame.remove("data").unwrap_or(Value::Null);
         no_other_fields(&frame)?;
-        commands::run(&self.state.control, self.bound, &command, data).await
+        let control = &self.state.control;
+        if audio::COMMANDS.contains(&command.as_str()) {
+            self.audio_out
+                .command(&mut self.audio_in, control, self.bound, &command, data)
+                .await
+        } else {
+            commands::run(control, self.bound, &command, data).await
+        }
+    }
+
+    /// Records one inbound audio chunk (see [`audio::AudioIn::chunk`]).
+    async fn audio_chunk(&mut self, bytes: &[u8]) -> Result<(), ControlError> {
+        self.audio_in
+            .chunk(&self.state.control, self.bound, bytes)
+            .await
     }
 
     /// `subscribe` adds topics (and may set `meterRateHz` and `sessionId`); `unsubscribe`

@@ -6,6 +6,7 @@
 
 mod error;
 mod session;
+mod stream;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,9 @@ use tokio::sync::{broadcast, Mutex};
 
 pub use error::{ControlError, ControlResult, ErrorCode};
 use session::ActiveSession;
+pub use stream::{
+    MonitorSource, StreamHandle, TapHandle, STREAM_PREBUFFER_MS, STREAM_RING_SECONDS, TAP_RING_MS,
+};
 
 use crate::backend::{DeviceInfo, Graph};
 use crate::capture::repair_wav;
@@ -543,6 +547,40 @@ impl Control {
                     .zip(s.meters())
                     .map(|(index, (peak, rms))| (index, peak, rms))
                     .collect())
+            })
+        })
+        .await
+    }
+
+    /// Feeds track `track` (1-based) of an active session from outside instead of its input:
+    /// the returned handle takes interleaved `f32` frames and detaches the stream when dropped.
+    /// Errors: unknown session or track (`not_found`); `channels` other than the track's or
+    /// `sample_rate` other than the session's (`invalid_argument`, naming both values); a track
+    /// that already has a stream (`invalid_state`).
+    pub async fn attach_stream(
+        &self,
+        id: &str,
+        track: u32,
+        channels: u8,
+        sample_rate: u32,
+    ) -> ControlResult<StreamHandle> {
+        self.with_session(id, move |s| {
+            Box::pin(async move {
+                s.drain().await;
+                s.attach_stream(track, channels, sample_rate)
+            })
+        })
+        .await
+    }
+
+    /// Copies the master mix or a track's monitor send of an active session out, as blocks of
+    /// stereo frames; the tap detaches when the handle is dropped. Errors: unknown session or
+    /// track (`not_found`); every tap of the session in use (`invalid_state`).
+    pub async fn attach_tap(&self, id: &str, source: MonitorSource) -> ControlResult<TapHandle> {
+        self.with_session(id, move |s| {
+            Box::pin(async move {
+                s.drain().await;
+                s.attach_tap(source)
             })
         })
         .await

@@ -90,6 +90,8 @@ pub(super) struct ActiveSession {
     xruns_seen: u64,
     /// The audio server went away while this session recorded: record again when it returns.
     resume_on_return: bool,
+    /// Inbound streams and taps attached through handles.
+    pub(super) audio: super::stream::AudioLinks,
 }
 
 impl ActiveSession {
@@ -157,6 +159,7 @@ impl ActiveSession {
             run: RunStats::default(),
             xruns_seen: 0,
             resume_on_return: false,
+            audio: super::stream::AudioLinks::new(),
         };
         for track in tracks {
             let next = next_takes.get(&track.index).copied().unwrap_or(1);
@@ -276,6 +279,7 @@ impl ActiveSession {
             writer.send(ControlToWriter::RemoveTrack { track: slot });
         }
         self.tracks.remove(&index);
+        self.audio.forget_track(index);
         Ok(())
     }
 
@@ -656,7 +660,7 @@ impl ActiveSession {
         .await;
     }
 
-    fn send(&mut self, command: ControlToEngine) -> ControlResult<()> {
+    pub(super) fn send(&mut self, command: ControlToEngine) -> ControlResult<()> {
         self.engine
             .send(command)
             .map_err(|_| ControlError::backend("the audio thread's command queue is full"))
@@ -729,6 +733,7 @@ impl ActiveSession {
     /// take boundaries, gaps, finished takes, xruns, low disk. Called by every operation and by
     /// the session's periodic pump.
     pub async fn drain(&mut self) {
+        self.apply_releases();
         while let Some(event) = self.engine.pop_event() {
             match event {
                 EngineToControl::State { state, frame } => {
@@ -748,6 +753,8 @@ impl ActiveSession {
                     self.rejection = Some(reason);
                 }
                 EngineToControl::TrackRetired { slot, .. } => drop(slot),
+                EngineToControl::StreamRetired { stream, .. } => drop(stream),
+                EngineToControl::TapRetired { tap, .. } => drop(tap),
                 EngineToControl::TakeStarted { track, .. } => {
                     if let Some(t) = self.tracks.values_mut().find(|t| t.slot == track) {
                         t.engine_starts += 1;

@@ -187,3 +187,55 @@ fn detector_is_armed() {
         "the probe passes when it does not allocate"
     );
 }
+
+#[test]
+fn process_never_allocates_with_streams_and_taps() {
+    let mut config = EngineConfig::new(48_000, 64, 4);
+    config.event_capacity = 2;
+    let mut rig = Rig::new(config);
+    rig.install(0, params(1, 0, true), 1 << 12);
+    rig.install(1, params(2, 1, true), 1 << 12);
+    let (mut mono, _) = rig.attach_stream(0, 1, 16, 1024);
+    let (mut stereo, _) = rig.attach_stream(1, 2, 16, 1024);
+    let (mut master, _) = rig.attach_tap(0, TapSource::Master, 2);
+    let (mut track, _) = rig.attach_tap(1, TapSource::Track(1), 2);
+    let (_empty, _) = rig.attach_tap(2, TapSource::Track(9), 2);
+    rig.send(ControlToEngine::Record { at_frame: None });
+    mono.push_entire_slice(&[0.25; 100]).unwrap();
+    stereo.push_entire_slice(&[0.5; 200]).unwrap();
+    // Priming, flowing, underrun, full tap rings (dropped blocks), a long period in chunks.
+    for frames in [64, 64, 300, 1000] {
+        run_checked(&mut rig, frames);
+        rig.writer.drain();
+    }
+    while master.pop().is_ok() {}
+    while track.pop().is_ok() {}
+    // Refusals and detaches with the event queue full: the boxes are parked, then handed back.
+    rig.events();
+    for _ in 0..3 {
+        rig.send(ControlToEngine::Pause); // rejected: fills the event queue
+    }
+    rig.send(ControlToEngine::DetachStream { track: 0 });
+    rig.send(ControlToEngine::DetachTap { id: 1 });
+    let _ = rig.attach_tap(0, TapSource::Master, 2); // id in use
+    let _ = rig.attach_stream(3, 1, 16, 64); // empty slot
+    rig.send(ControlToEngine::RemoveTrack { track: 1 }); // orphans the stereo stream
+    run_checked(&mut rig, 64);
+    let mut handed_back = 0;
+    for _ in 0..8 {
+        rig.writer.drain();
+        // Boxes are freed here, outside the checked region.
+        handed_back += rig
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    EngineToControl::StreamRetired { .. } | EngineToControl::TapRetired { .. }
+                )
+            })
+            .count();
+        run_checked(&mut rig, 64);
+    }
+    assert_eq!(handed_back, 5, "every stream and tap came back");
+}

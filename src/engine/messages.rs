@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use super::stream::{InboundStream, MonitorTap};
+
 /// Transport state of one session's engine. `repr(u8)` so it can live in an `AtomicU8`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,6 +165,34 @@ pub enum ControlToEngine {
         /// New position.
         frame: u64,
     },
+    /// Feeds slot `track` from `stream` instead of its backend input (input gain, meters,
+    /// capture and monitoring as if it came from the port). Refused (and handed back in
+    /// [`EngineToControl::StreamRetired`]) when the slot is empty or already has a stream.
+    AttachStream {
+        /// Slot.
+        track: u16,
+        /// The stream (boxed so the queue's elements stay small).
+        stream: Box<InboundStream>,
+    },
+    /// Gives slot `track` its backend input back and hands the stream back in
+    /// [`EngineToControl::StreamRetired`].
+    DetachStream {
+        /// Slot.
+        track: u16,
+    },
+    /// Starts copying [`MonitorTap::source`] into `tap`'s ring. Refused (and handed back in
+    /// [`EngineToControl::TapRetired`]) when `id` is not below `MAX_TAPS` or is in use.
+    AttachTap {
+        /// Tap id, `< MAX_TAPS`.
+        id: u8,
+        /// The tap (boxed so the queue's elements stay small).
+        tap: Box<MonitorTap>,
+    },
+    /// Stops tap `id` and hands it back in [`EngineToControl::TapRetired`].
+    DetachTap {
+        /// Tap id.
+        id: u8,
+    },
 }
 
 /// Events from the processor to `control`.
@@ -211,6 +241,21 @@ pub enum EngineToControl {
         track: u16,
         /// Its resources.
         slot: Box<TrackSlot>,
+    },
+    /// A detached, refused or orphaned (its track removed) inbound stream, to be dropped off
+    /// the real-time thread.
+    StreamRetired {
+        /// Slot it fed (or was meant to feed).
+        track: u16,
+        /// The stream.
+        stream: Box<InboundStream>,
+    },
+    /// A detached or refused tap, to be dropped off the real-time thread.
+    TapRetired {
+        /// Its id.
+        id: u8,
+        /// The tap.
+        tap: Box<MonitorTap>,
     },
 }
 

@@ -11,6 +11,7 @@ mod meter;
 mod mixer;
 mod processor;
 mod shared;
+mod stream;
 #[cfg(test)]
 mod test_rig;
 #[cfg(test)]
@@ -22,6 +23,10 @@ pub use messages::*;
 pub use mixer::{audible, pan_gains};
 pub use processor::{AudioInputs, ProcessContext, Processor};
 pub use shared::EngineShared;
+pub use stream::{
+    InboundStream, MonitorTap, StreamStats, TapBlock, TapSource, TapStats, MAX_TAPS,
+    TAP_BLOCK_FRAMES,
+};
 
 /// The test binary's allocator refuses (aborts on) any allocation inside `assert_no_alloc`, so
 /// the real-time tests fail if `process` allocates.

@@ -13,6 +13,7 @@ use super::messages::{
 use super::meter::Meter;
 use super::mixer::{add_scaled, audible, monitors_input, pan_gains};
 use super::shared::EngineShared;
+use super::stream::{InboundStream, MonitorTap, TapSource, MAX_TAPS};
 
 /// The backend's input channels for one period, planar. Implemented by each backend over its own
 /// buffers; the processor only reads.
@@ -105,7 +106,15 @@ struct TrackState {
     /// A slot waiting to be handed back in `TrackRetired` (the event queue was full, or its
     /// `TakeEnd` is still pending). Never dropped here: dropping would free memory.
     retired: Option<Box<TrackSlot>>,
+    /// Replaces the backend input while attached.
+    stream: Option<Box<InboundStream>>,
     meter: Meter,
+}
+
+/// A stream or tap waiting to be handed back (the event queue was full). Never dropped here.
+enum Handback {
+    Stream(u16, Box<InboundStream>),
+    Tap(u8, Box<MonitorTap>),
 }
 
 /// The queues and atomics the processor reports through.
@@ -126,6 +135,26 @@ impl Outlets {
 
     fn push_marker(&mut self, marker: CaptureMarker) -> bool {
         self.markers.push(marker).is_ok()
+    }
+
+    /// Tries to hand a stream or tap back; returns it if the event queue is full. Real-time
+    /// safe.
+    fn hand_back(&mut self, item: Handback) -> Option<Handback> {
+        let event = match item {
+            Handback::Stream(track, stream) => EngineToControl::StreamRetired { track, stream },
+            Handback::Tap(id, tap) => EngineToControl::TapRetired { id, tap },
+        };
+        match self.events.push(event) {
+            Ok(()) => None,
+            Err(rtrb::PushError::Full(EngineToControl::StreamRetired { track, stream })) => {
+                Some(Handback::Stream(track, stream))
+            }
+            Err(rtrb::PushError::Full(EngineToControl::TapRetired { id, tap })) => {
+                Some(Handback::Tap(id, tap))
+            }
+            // Only the two variants above were pushed, so nothing else can come back.
+            Err(rtrb::PushError::Full(_)) => None,
+        }
     }
 
     /// Tries to hand a slot back; returns it if the event queue is full. Real-time safe.
@@ -158,6 +187,13 @@ pub struct Processor {
     /// An `InstallTrack` for a slot index out of range, waiting to be handed back.
     rejected_install: Option<(u16, Box<TrackSlot>)>,
     scratch: Scratch,
+    /// Attached taps, by id.
+    taps: [Option<Box<MonitorTap>>; MAX_TAPS],
+    /// Streams and taps still to hand back; `head_can_apply` keeps a free place for every
+    /// command that may retire one.
+    handbacks: Box<[Option<Handback>]>,
+    /// Frames processed since the engine was built, rolling or not (tap blocks count in it).
+    graph_frame: u64,
     master_meters: [Meter; 2],
     rms_coefficient: f64,
     max_period: usize,
@@ -195,9 +231,11 @@ impl Processor {
                 take: None,
                 backlog: Backlog::default(),
                 retired: None,
+                stream: None,
                 meter: Meter::default(),
             })
             .collect();
+        let handbacks = (0..max_tracks + MAX_TAPS + 4).map(|_| None).collect();
         Processor {
             commands,
             outlets: Outlets {
@@ -212,6 +250,9 @@ impl Processor {
                 right: vec![0.0; max_period].into_boxed_slice(),
                 interleaved: vec![0.0; 2 * max_period].into_boxed_slice(),
             },
+            taps: Default::default(),
+            handbacks,
+            graph_frame: 0,
             master_meters: [Meter::default(); 2],
             rms_coefficient: Meter::coefficient(sample_rate),
             max_period,
@@ -275,6 +316,23 @@ impl Processor {
             self.service_track(index);
         }
         self.service_rejected_install();
+        for place in self.handbacks.iter_mut() {
+            if let Some(item) = place.take() {
+                *place = self.outlets.hand_back(item);
+            }
+        }
+    }
+
+    /// Hands a stream or tap back now, or parks it in a free place to retry every period.
+    /// `head_can_apply` guarantees a free place for every command that gets here; should none
+    /// be free anyway, the box is leaked rather than freed on this thread. Real-time safe.
+    fn retire_later(&mut self, item: Handback) {
+        if let Some(item) = self.outlets.hand_back(item) {
+            match self.handbacks.iter_mut().find(|place| place.is_none()) {
+                Some(place) => *place = Some(item),
+                None => std::mem::forget(item),
+            }
+        }
     }
 
     /// Retries handing back an `InstallTrack` slot whose index was out of range. Real-time safe.
@@ -353,12 +411,25 @@ impl Processor {
                     None => self.rejected_install.is_none(),
                 }
             }
-            Ok(ControlToEngine::RemoveTrack { track }) => self
-                .tracks
-                .get(usize::from(*track))
-                .is_none_or(|state| state.retired.is_none()),
+            Ok(ControlToEngine::RemoveTrack { track }) => {
+                self.tracks
+                    .get(usize::from(*track))
+                    .is_none_or(|state| state.retired.is_none())
+                    && self.handback_free()
+            }
+            Ok(
+                ControlToEngine::AttachStream { .. }
+                | ControlToEngine::DetachStream { .. }
+                | ControlToEngine::AttachTap { .. }
+                | ControlToEngine::DetachTap { .. },
+            ) => self.handback_free(),
             _ => true,
         }
+    }
+
+    /// Whether a stream or tap could be parked if the event queue were full.
+    fn handback_free(&self) -> bool {
+        self.handbacks.iter().any(Option::is_none)
     }
 
     fn apply(&mut self, command: ControlToEngine) {
@@ -372,6 +443,10 @@ impl Processor {
             ControlToEngine::Resume => self.resume(),
             ControlToEngine::Stop { .. } => self.stop(),
             ControlToEngine::Seek { frame } => self.seek(frame),
+            ControlToEngine::AttachStream { track, stream } => self.attach_stream(track, stream),
+            ControlToEngine::DetachStream { track } => self.detach_stream(track),
+            ControlToEngine::AttachTap { id, tap } => self.attach_tap(id, tap),
+            ControlToEngine::DetachTap { id } => self.detach_tap(id),
         }
     }
 
@@ -426,10 +501,70 @@ impl Processor {
             return;
         }
         self.close_take(index);
+        let mut stream = None;
         if let Some(state) = self.tracks.get_mut(index) {
             state.retired = state.slot.take();
+            stream = state.stream.take();
+        }
+        if let Some(stream) = stream {
+            self.retire_later(Handback::Stream(track, stream));
         }
         self.service_track(index);
+    }
+
+    fn attach_stream(&mut self, track: u16, stream: Box<InboundStream>) {
+        let fits = self.tracks.get(usize::from(track)).and_then(|state| {
+            let slot = state.slot.as_ref()?;
+            Some((
+                state.stream.is_none(),
+                usize::from(slot.params.channels) == stream.channels(),
+            ))
+        });
+        let reason = match fits {
+            None => "no track in that slot",
+            Some((false, _)) => "the track already has a stream",
+            Some((true, false)) => "the stream's channel count differs from the track's",
+            Some((true, true)) => {
+                if let Some(state) = self.tracks.get_mut(usize::from(track)) {
+                    state.stream = Some(stream);
+                }
+                return;
+            }
+        };
+        self.reject(reason);
+        self.retire_later(Handback::Stream(track, stream));
+    }
+
+    fn detach_stream(&mut self, track: u16) {
+        let stream = self
+            .tracks
+            .get_mut(usize::from(track))
+            .and_then(|state| state.stream.take());
+        match stream {
+            Some(stream) => self.retire_later(Handback::Stream(track, stream)),
+            None => self.reject("no stream on that track"),
+        }
+    }
+
+    fn attach_tap(&mut self, id: u8, tap: Box<MonitorTap>) {
+        match self.taps.get_mut(usize::from(id)) {
+            Some(place @ None) => *place = Some(tap),
+            Some(Some(_)) => {
+                self.reject("tap id in use");
+                self.retire_later(Handback::Tap(id, tap));
+            }
+            None => {
+                self.reject("tap id out of range");
+                self.retire_later(Handback::Tap(id, tap));
+            }
+        }
+    }
+
+    fn detach_tap(&mut self, id: u8) {
+        match self.taps.get_mut(usize::from(id)).and_then(Option::take) {
+            Some(tap) => self.retire_later(Handback::Tap(id, tap)),
+            None => self.reject("no tap with that id"),
+        }
     }
 
     fn set_track(&mut self, track: u16, params: TrackParams) {
@@ -585,8 +720,9 @@ impl Processor {
             .iter()
             .any(|state| state.slot.as_ref().is_some_and(|slot| slot.params.soloed));
         let mut clips = 0;
+        let first_frame = self.graph_frame;
         for (index, state) in self.tracks.iter_mut().enumerate() {
-            clips += render_track(
+            let (track_clips, send) = render_track(
                 state,
                 slot_id(index),
                 TrackRender {
@@ -602,7 +738,28 @@ impl Processor {
                 &mut left[..frames],
                 &mut right[..frames],
             );
+            clips += track_clips;
+            let source = TapSource::Track(slot_id(index));
+            for tap in self.taps.iter_mut().flatten() {
+                if tap.source() == source {
+                    feed_send(tap, first_frame, frames, &self.scratch, send);
+                }
+            }
         }
+        let track_count = self.tracks.len();
+        for tap in self.taps.iter_mut().flatten() {
+            match tap.source() {
+                TapSource::Master => {
+                    let (l, r) = (&left[..frames], &right[..frames]);
+                    tap.feed(first_frame, frames, |i| (l[i], r[i]));
+                }
+                TapSource::Track(slot) if usize::from(slot) >= track_count => {
+                    tap.feed(first_frame, frames, |_| (0.0, 0.0));
+                }
+                TapSource::Track(_) => {}
+            }
+        }
+        self.graph_frame = self.graph_frame.wrapping_add(frames as u64);
         let shared = &self.outlets.shared;
         let mut master_clips = 0;
         for (side, out) in [&left[..frames], &right[..frames]].into_iter().enumerate() {
@@ -658,8 +815,40 @@ fn read_input(inputs: &dyn AudioInputs, channel: u16, offset: usize, gain: f32, 
     dst[available..].fill(0.0);
 }
 
-/// Meters, captures and mixes one track for one segment; returns its clipped samples.
-/// Real-time safe.
+/// What one track sends to the master in a segment: its signal (in the scratch buffers, the
+/// right one only for a stereo track) times these gains; `None` when it is not heard.
+#[derive(Clone, Copy)]
+struct TrackSend {
+    stereo: bool,
+    gains: (f32, f32),
+}
+
+/// Feeds a track tap with what its track sent (silence when nothing). Real-time safe.
+fn feed_send(
+    tap: &mut MonitorTap,
+    first_frame: u64,
+    frames: usize,
+    scratch: &Scratch,
+    send: Option<TrackSend>,
+) {
+    let frames = frames.min(scratch.left.len());
+    match send {
+        Some(send) => {
+            let left = &scratch.left[..frames];
+            let right = if send.stereo {
+                &scratch.right[..frames]
+            } else {
+                left
+            };
+            let (gl, gr) = send.gains;
+            tap.feed(first_frame, frames, |i| (left[i] * gl, right[i] * gr));
+        }
+        None => tap.feed(first_frame, frames, |_| (0.0, 0.0)),
+    }
+}
+
+/// Meters, captures and mixes one track for one segment; returns its clipped samples and what
+/// it sent to the master. Real-time safe.
 fn render_track(
     state: &mut TrackState,
     track: u16,
@@ -668,30 +857,36 @@ fn render_track(
     scratch: &mut Scratch,
     master_left: &mut [f32],
     master_right: &mut [f32],
-) -> u64 {
+) -> (u64, Option<TrackSend>) {
     let Some(slot) = state.slot.as_deref_mut() else {
-        return 0;
+        return (0, None);
     };
     let params = slot.params;
     let stereo = params.channels >= 2;
     let frames = job.frames.min(scratch.left.len());
     let left = &mut scratch.left[..frames];
     let right = &mut scratch.right[..frames];
-    read_input(
-        job.inputs,
-        params.input[0],
-        job.offset,
-        params.input_gain,
-        left,
-    );
-    let level = if stereo {
+    if let Some(stream) = state.stream.as_deref_mut() {
+        stream.read(params.input_gain, left, right);
+    } else {
         read_input(
             job.inputs,
-            params.input[1],
+            params.input[0],
             job.offset,
             params.input_gain,
-            right,
+            left,
         );
+        if stereo {
+            read_input(
+                job.inputs,
+                params.input[1],
+                job.offset,
+                params.input_gain,
+                right,
+            );
+        }
+    }
+    let level = if stereo {
         state.meter.feed_stereo(left, right, job.rms_coefficient)
     } else {
         state.meter.feed_mono(left, job.rms_coefficient)
@@ -728,6 +923,7 @@ fn render_track(
         }
     }
 
+    let mut send = None;
     if monitors_input(params.monitoring, params.armed)
         && audible(params.muted, params.soloed, job.any_soloed)
     {
@@ -741,8 +937,12 @@ fn render_track(
         };
         add_scaled(master_left, left, gain_left);
         add_scaled(master_right, right, gain_right);
+        send = Some(TrackSend {
+            stereo,
+            gains: (gain_left, gain_right),
+        });
     }
-    level.clips
+    (level.clips, send)
 }
 
 /// Pushes whole frames of `samples` (interleaved, `channels` per frame) to a capture ring;

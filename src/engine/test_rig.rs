@@ -73,6 +73,40 @@ impl Rig {
         });
     }
 
+    /// Attaches an inbound stream of `channels` to slot `track` with a ring of `ring_samples`
+    /// samples; returns the producer end and the stats.
+    pub(crate) fn attach_stream(
+        &mut self,
+        track: u16,
+        channels: u8,
+        prebuffer: usize,
+        ring_samples: usize,
+    ) -> (rtrb::Producer<f32>, std::sync::Arc<StreamStats>) {
+        let (producer, consumer) = RingBuffer::new(ring_samples);
+        let (stream, stats) = InboundStream::new(consumer, channels, prebuffer);
+        self.send(ControlToEngine::AttachStream {
+            track,
+            stream: Box::new(stream),
+        });
+        (producer, stats)
+    }
+
+    /// Attaches tap `id` of `source` with a ring of `blocks` blocks.
+    pub(crate) fn attach_tap(
+        &mut self,
+        id: u8,
+        source: TapSource,
+        blocks: usize,
+    ) -> (Consumer<TapBlock>, std::sync::Arc<TapStats>) {
+        let (producer, consumer) = RingBuffer::new(blocks);
+        let (tap, stats) = MonitorTap::new(source, producer);
+        self.send(ControlToEngine::AttachTap {
+            id,
+            tap: Box::new(tap),
+        });
+        (consumer, stats)
+    }
+
     /// Runs one period of ramp input; returns the master.
     pub(crate) fn run(&mut self, frames: usize) -> (Vec<f32>, Vec<f32>) {
         let (left, right) = self.backend.run_period(frames, fill_ramp);

@@ -617,3 +617,228 @@ fn meters_hold_peaks_until_read_and_count_clips() {
     let (_, rms) = rig.shared().track_meter(0);
     assert!((rms - 0.4).abs() < 1e-3, "rms {rms}");
 }
+
+// ---- inbound streams and monitor taps ----
+
+/// Distinct, exactly representable sample values: `(k + 1) / 4096`.
+fn known(k: usize) -> f32 {
+    (k as f32 + 1.0) / 4096.0
+}
+
+fn blocks(ring: &mut rtrb::Consumer<TapBlock>) -> Vec<TapBlock> {
+    std::iter::from_fn(|| ring.pop().ok()).collect()
+}
+
+#[test]
+fn stream_samples_land_in_the_capture_bit_exact_and_replace_the_input() {
+    let mut rig = Rig::standard();
+    let mut p = params(2, 0, true);
+    p.input_gain = 0.5;
+    rig.install(0, p, 1 << 14);
+    let (mut producer, stats) = rig.attach_stream(0, 2, 32, 1024);
+    let sent: Vec<f32> = (0..400).map(known).collect();
+    producer.push_entire_slice(&sent).unwrap();
+    rig.send(ControlToEngine::Record { at_frame: None });
+    for _ in 0..4 {
+        rig.run(64);
+    }
+    rig.send(ControlToEngine::Stop { at_frame: None });
+    rig.run(64);
+    rig.writer.drain();
+    let take = &rig.writer.finished[0][0];
+    assert_eq!(take.length, Some(256));
+    // 200 stereo frames times the input gain, then silence: never the ramp on the inputs.
+    let expected: Vec<f32> = sent.iter().map(|s| s * 0.5).collect();
+    assert_eq!(take.samples[..400], expected[..]);
+    assert!(take.samples[400..].iter().all(|&s| s == 0.0));
+    assert_eq!(stats.frames_played(), 200);
+    assert_eq!(stats.underruns(), 1, "ran dry in the fourth period");
+    assert!(!stats.flowing(), "priming again after the underrun");
+}
+
+#[test]
+fn a_stream_primes_until_its_prebuffer_then_flows_and_primes_again_after_an_underrun() {
+    let mut rig = Rig::standard();
+    let mut p = params(1, 0, false);
+    p.pan = -1.0;
+    rig.install(0, p, 64);
+    let (mut producer, stats) = rig.attach_stream(0, 1, 100, 1024);
+    let sent: Vec<f32> = (0..140).map(known).collect();
+    producer.push_entire_slice(&sent[..50]).unwrap();
+    let (left, _) = rig.run(64);
+    assert!(left.iter().all(|&s| s == 0.0), "priming: nothing read");
+    assert_eq!(producer.slots(), 1024 - 50, "the 50 frames still wait");
+    producer.push_entire_slice(&sent[50..110]).unwrap();
+    let (left, _) = rig.run(64);
+    assert_eq!(left, sent[..64], "110 >= 100 frames: flowing");
+    let (left, _) = rig.run(64);
+    assert_eq!(left[..46], sent[64..110]);
+    assert!(left[46..].iter().all(|&s| s == 0.0), "padded with silence");
+    assert_eq!(stats.underruns(), 1);
+    producer.push_entire_slice(&sent[110..140]).unwrap();
+    let (left, _) = rig.run(64);
+    assert!(
+        left.iter().all(|&s| s == 0.0),
+        "priming again: 30 < 100 frames"
+    );
+    assert_eq!(stats.frames_played(), 110);
+    assert_eq!(stats.underruns(), 1, "no underrun counted while priming");
+}
+
+#[test]
+fn a_tap_of_the_master_equals_the_master_output_from_the_frame_it_was_attached() {
+    let mut rig = Rig::standard();
+    let mut a = params(1, 0, false);
+    a.pan = -0.3;
+    rig.install(0, a, 64);
+    rig.install(1, params(2, 1, false), 64);
+    let mut master = Vec::new();
+    let (l, r) = rig.run(100);
+    master.extend(l.into_iter().zip(r));
+    let (mut ring, stats) = rig.attach_tap(3, TapSource::Master, 64);
+    for frames in [100, 37, 500, 300] {
+        let (l, r) = rig.run(frames);
+        master.extend(l.into_iter().zip(r));
+    }
+    let got = blocks(&mut ring);
+    assert_eq!(got.len(), 937 / TAP_BLOCK_FRAMES, "only whole blocks");
+    assert_eq!(stats.pushed_blocks(), got.len() as u64);
+    for (n, block) in got.iter().enumerate() {
+        let first = 100 + (n * TAP_BLOCK_FRAMES) as u64;
+        assert_eq!(block.first_frame, first);
+        assert_eq!(usize::from(block.frames), TAP_BLOCK_FRAMES);
+        for (k, pair) in block.interleaved().chunks_exact(2).enumerate() {
+            let (l, r) = master[first as usize + k];
+            assert_eq!((pair[0], pair[1]), (l, r), "frame {}", first as usize + k);
+        }
+    }
+    // Taps run while the transport is stopped: the graph frame advanced without rolling.
+    assert_eq!(rig.shared().position(), 0);
+}
+
+#[test]
+fn a_track_tap_follows_level_pan_and_mute_and_ignores_the_other_tracks() {
+    let mut rig = Rig::standard();
+    let mut p = params(1, 0, false);
+    p.level = 0.5;
+    p.pan = -1.0;
+    rig.install(0, p, 64);
+    rig.install(1, params(1, 1, false), 64);
+    let (mut ring, _) = rig.attach_tap(0, TapSource::Track(0), 64);
+    rig.run_constant(256, [0.5, 0.25, 0.0, 0.0]);
+    p.pan = 0.0;
+    rig.send(ControlToEngine::SetTrack {
+        track: 0,
+        params: p,
+        at_frame: None,
+    });
+    rig.run_constant(256, [0.5, 0.25, 0.0, 0.0]);
+    p.muted = true;
+    rig.send(ControlToEngine::SetTrack {
+        track: 0,
+        params: p,
+        at_frame: None,
+    });
+    rig.run_constant(256, [0.5, 0.25, 0.0, 0.0]);
+    let got = blocks(&mut ring);
+    assert_eq!(got.len(), 3);
+    let pairs = |b: &TapBlock| -> Vec<(f32, f32)> {
+        b.interleaved()
+            .chunks_exact(2)
+            .map(|p| (p[0], p[1]))
+            .collect()
+    };
+    assert!(
+        pairs(&got[0]).iter().all(|&p| p == (0.25, 0.0)),
+        "hard left"
+    );
+    assert!(pairs(&got[1])
+        .iter()
+        .all(|&(l, r)| close(l, 0.25 * CENTRE) && close(r, 0.25 * CENTRE)));
+    assert!(pairs(&got[2]).iter().all(|&p| p == (0.0, 0.0)), "muted");
+    // A tap of an empty slot carries silence, not garbage.
+    let (mut empty, _) = rig.attach_tap(1, TapSource::Track(3), 8);
+    rig.run_constant(256, [0.5, 0.25, 0.0, 0.0]);
+    let got = blocks(&mut empty);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].interleaved().iter().all(|&s| s == 0.0));
+}
+
+#[test]
+fn a_full_tap_ring_drops_whole_blocks_and_the_gap_shows_in_first_frame() {
+    let mut rig = Rig::standard();
+    rig.install(0, params(1, 0, false), 64);
+    let (mut ring, stats) = rig.attach_tap(0, TapSource::Master, 2);
+    for _ in 0..4 {
+        rig.run(256);
+    }
+    assert_eq!(stats.dropped_blocks(), 2);
+    let got = blocks(&mut ring);
+    assert_eq!(got.len(), 2);
+    rig.run(256);
+    let later = blocks(&mut ring);
+    assert_eq!(later[0].first_frame, 4 * 256, "blocks 2 and 3 are missing");
+}
+
+#[test]
+fn streams_and_taps_come_back_when_detached_refused_or_orphaned() {
+    let mut rig = Rig::standard();
+    rig.install(0, params(1, 0, false), 64);
+    let retired = |events: &[EngineToControl]| -> (Vec<u16>, Vec<u8>) {
+        let mut streams = Vec::new();
+        let mut taps = Vec::new();
+        for event in events {
+            match event {
+                EngineToControl::StreamRetired { track, .. } => streams.push(*track),
+                EngineToControl::TapRetired { id, .. } => taps.push(*id),
+                _ => {}
+            }
+        }
+        (streams, taps)
+    };
+    let (_p, stats) = rig.attach_stream(0, 1, 1, 64);
+    let (_r, _) = rig.attach_tap(2, TapSource::Master, 4);
+    rig.run(64);
+    assert!(rig.events().is_empty());
+    // Refused: a second stream, a stream on an empty slot, a stereo stream on a mono track,
+    // a tap id in use or out of range.
+    let _ = rig.attach_stream(0, 1, 1, 64);
+    let _ = rig.attach_stream(2, 1, 1, 64);
+    rig.send(ControlToEngine::DetachStream { track: 0 });
+    let _ = rig.attach_stream(0, 2, 1, 64);
+    let _ = rig.attach_tap(2, TapSource::Master, 4);
+    let _ = rig.attach_tap(MAX_TAPS as u8, TapSource::Master, 4);
+    rig.run(64);
+    let events = rig.events();
+    assert_eq!(
+        rejections(&events),
+        [
+            "the track already has a stream",
+            "no track in that slot",
+            "the stream's channel count differs from the track's",
+            "tap id in use",
+            "tap id out of range"
+        ]
+    );
+    assert_eq!(
+        retired(&events),
+        (vec![0, 2, 0, 0], vec![2, MAX_TAPS as u8])
+    );
+    drop(events);
+    assert_eq!(
+        std::sync::Arc::strong_count(&stats),
+        1,
+        "the detached stream's box was handed back and dropped here"
+    );
+    // Orphaned: removing the track hands its stream back with the slot.
+    let _ = rig.attach_stream(0, 1, 1, 64);
+    rig.run(64);
+    rig.send(ControlToEngine::RemoveTrack { track: 0 });
+    rig.send(ControlToEngine::DetachTap { id: 2 });
+    rig.run(64);
+    let events = rig.events();
+    assert_eq!(retired(&events), (vec![0], vec![2]));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, EngineToControl::TrackRetired { track: 0, .. })));
+}

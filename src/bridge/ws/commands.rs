@@ -11,7 +11,7 @@ use crate::backend::Direction;
 use crate::control::{AddTrack, Control, ControlError, ControlResult, CreateSession, TrackUpdate};
 
 /// Every command, for the `unknown command` message and docs/protocol.md.
-pub const COMMANDS: [&str; 21] = [
+pub const COMMANDS: [&str; 24] = [
     "get_info",
     "get_devices",
     "list_sessions",
@@ -33,6 +33,9 @@ pub const COMMANDS: [&str; 21] = [
     "add_track",
     "remove_track",
     "ping",
+    "audio_out",
+    "audio_out_stop",
+    "audio_in_stop",
 ];
 
 /// `data` of commands that only name a session.
