@@ -49,6 +49,7 @@ impl JackServer {
             .args(["-w", "-t", "10"])
             .env("JACK_DEFAULT_SERVER", &self.name)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .expect("jack_wait must be installed (jackd2)");
         assert!(ok.success(), "jackd {} did not come up", self.name);
