@@ -172,6 +172,9 @@ pub struct EngineLimits {
     pub max_tracks: u32,
     /// Sessions loaded in the engine at once, 1–64.
     pub max_active_sessions: u32,
+    /// Lock the daemon's memory (pages stay resident once touched, so the audio path never
+    /// waits on swap) when the memlock limit allows it.
+    pub lock_memory: bool,
 }
 
 impl Default for EngineLimits {
@@ -179,6 +182,7 @@ impl Default for EngineLimits {
         EngineLimits {
             max_tracks: 64,
             max_active_sessions: 8,
+            lock_memory: true,
         }
     }
 }

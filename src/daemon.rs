@@ -68,6 +68,9 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         ))
     })?;
     let _lock = lock_data_dir(&data_dir)?;
+    if config.engine.lock_memory {
+        lock_memory();
+    }
     let http = config.http.clone();
     let listener = bridge::bind(&http, options.listen.as_deref())
         .await
@@ -148,6 +151,36 @@ type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
 /// Logs to stderr (journald picks it up under systemd). `OVERDUB_LOG` or `RUST_LOG` override
 /// the configured level.
+/// Locks the process's memory as it is touched (`mlockall` with `MCL_ONFAULT`: no pre-faulting,
+/// so resident memory does not grow), where the memlock limit allows it; logs either way.
+fn lock_memory() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `limit`, a valid rlimit that outlives the call.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    // SAFETY: geteuid has no preconditions.
+    let privileged = unsafe { libc::geteuid() } == 0;
+    if !privileged && !(got && limit.rlim_cur == libc::RLIM_INFINITY) {
+        tracing::warn!(
+            limit_kb = limit.rlim_cur / 1024,
+            "memory not locked: the memlock limit is too low (LimitMEMLOCK=infinity in the unit, or \"@audio - memlock unlimited\" in limits.conf, allows it)"
+        );
+        return;
+    }
+    // SAFETY: mlockall only changes how the kernel pages this process's memory.
+    let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+    if rc == 0 {
+        tracing::info!("memory locked as it is touched");
+    } else {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "memory not locked: mlockall refused"
+        );
+    }
+}
+
 /// A log filter from a spec. libjack's own messages (target `jack::logging`) are left out unless
 /// the spec names them: overdub logs what matters itself, and libjack repeats "cannot connect"
 /// on every look for a lost server.

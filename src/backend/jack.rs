@@ -212,7 +212,6 @@ impl Drop for GraphProcess {
 }
 
 /// Facts the notification thread publishes for control.
-#[derive(Default)]
 struct GraphSignals {
     /// The server shut the client down.
     lost: AtomicBool,
@@ -220,6 +219,19 @@ struct GraphSignals {
     xruns: AtomicU64,
     /// Full names of ports whose connections changed, for control to re-read.
     touched: Mutex<Vec<String>>,
+    /// Kernel thread ids of the threads JACK started for the client (notifications, process).
+    threads: Mutex<Vec<i32>>,
+}
+
+impl Default for GraphSignals {
+    fn default() -> Self {
+        GraphSignals {
+            lost: AtomicBool::new(false),
+            xruns: AtomicU64::new(0),
+            touched: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// The notification handler (a non-real-time JACK thread).
@@ -228,6 +240,14 @@ struct GraphNotifications {
 }
 
 impl jack::NotificationHandler for GraphNotifications {
+    /// Runs on each thread JACK starts for the client, before JACK makes the process thread
+    /// real-time: notes its id, so control can check the scheduling once it runs.
+    fn thread_init(&self, _: &Client) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        lock(&self.signals.threads).push(tid);
+    }
+
     unsafe fn shutdown(&mut self, _status: ClientStatus, _reason: &str) {
         self.signals.lost.store(true, Ordering::Release);
     }
@@ -325,6 +345,11 @@ impl JackGraph {
         let connection = connect(&settings.client_name, &rescue_tx)?;
         let sample_rate = connection.client.as_client().sample_rate();
         let client_name = connection.client.as_client().name().to_string();
+        let signals = Arc::clone(&connection.signals);
+        // Checked off the start-up path: the answer takes up to half a second.
+        let _ = std::thread::Builder::new()
+            .name("overdub-jack-rt".into())
+            .spawn(move || log_scheduling(&signals));
         Ok(JackGraph {
             client_name,
             transport: settings.transport,
@@ -651,6 +676,37 @@ impl JackGraph {
         }
         connection.signals.xruns.store(0, Ordering::Relaxed);
         state.connection = Some(connection);
+    }
+}
+
+/// Logs whether JACK runs overdub's process thread in real time: whether any thread JACK
+/// started for the client runs `SCHED_FIFO`/`SCHED_RR` after the first cycles (JACK raises the
+/// process thread's priority after `thread_init`; this waits at most 0.5 s).
+fn log_scheduling(signals: &GraphSignals) {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut realtime = None;
+    while realtime.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        realtime = lock(&signals.threads).iter().find_map(|&tid| {
+            let mut param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: both calls only read the scheduling of thread `tid`; `param` is valid and
+            // outlives the call. A thread that has gone answers -1.
+            let policy = unsafe {
+                libc::sched_getparam(tid, &mut param);
+                libc::sched_getscheduler(tid)
+            };
+            matches!(policy, libc::SCHED_FIFO | libc::SCHED_RR).then_some(param.sched_priority)
+        });
+    }
+    match realtime {
+        Some(priority) => tracing::info!(
+            priority,
+            "JACK runs the audio thread with real-time scheduling"
+        ),
+        None => tracing::warn!(
+            "JACK runs the audio thread WITHOUT real-time scheduling (jackd was started without \
+             -R or may not use it: check its rtprio limit); expect xruns under load"
+        ),
     }
 }
 
