@@ -162,7 +162,8 @@ fn lock_memory() {
     let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
     // SAFETY: geteuid has no preconditions.
     let privileged = unsafe { libc::geteuid() } == 0;
-    if !privileged && !(got && limit.rlim_cur == libc::RLIM_INFINITY) {
+    let unlimited = got && limit.rlim_cur == libc::RLIM_INFINITY;
+    if !(privileged || unlimited) {
         tracing::warn!(
             limit_kb = limit.rlim_cur / 1024,
             "memory not locked: the memlock limit is too low (LimitMEMLOCK=infinity in the unit, or \"@audio - memlock unlimited\" in limits.conf, allows it)"
