@@ -82,6 +82,7 @@ impl Setup {
             inputs: &self.inputs,
             master_left: &mut self.left,
             master_right: &mut self.right,
+            track_outputs: None,
         });
     }
 

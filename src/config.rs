@@ -137,6 +137,8 @@ pub struct JackConfig {
     pub client_name: String,
     /// `off`, `follow` (start, stop and locate with the JACK transport) or `lead` (drive it).
     pub transport: String,
+    /// Give every track direct outputs carrying what it sends to the master.
+    pub direct_outs: bool,
 }
 
 impl Default for JackConfig {
@@ -144,6 +146,7 @@ impl Default for JackConfig {
         JackConfig {
             client_name: "overdub".into(),
             transport: "off".into(),
+            direct_outs: false,
         }
     }
 }
@@ -279,6 +282,7 @@ impl Config {
         JackSettings {
             client_name: self.jack.client_name.clone(),
             transport: TransportMode::parse(&self.jack.transport).unwrap_or(TransportMode::Off),
+            direct_outs: self.jack.direct_outs,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The master outputs on JACK carry the monitor mix: a feeder puts a different constant on each
 //! of three tracks, a probe client reads `master_out_L/R`, and for several level, pan, mute and
 //! solo settings both sides equal Σ level × pan gain × input over the audible tracks, within
-//! 0.1 dB.
+//! 0.1 dB. Track 3's direct outputs (`jack.direct_outs`) carry its own share of that mix, and
+//! every port follows a rename.
 #![cfg(feature = "jack")]
 
 mod common;
@@ -20,12 +21,15 @@ struct TrackMix {
     soloed: bool,
 }
 
-/// Constant-power pan: left = cos θ, right = sin θ, θ = (pan + 1) π/4.
-fn expected(mix: &[TrackMix]) -> (f64, f64) {
+/// Constant-power pan: left = cos θ, right = sin θ, θ = (pan + 1) π/4. Tracks outside `only`
+/// are left out.
+fn expected(mix: &[TrackMix], only: &[usize]) -> (f64, f64) {
     let any_solo = mix.iter().any(|t| t.soloed);
     mix.iter()
         .zip(INPUTS)
-        .filter(|(t, _)| !t.muted && (!any_solo || t.soloed))
+        .enumerate()
+        .filter(|(i, (t, _))| only.contains(i) && !t.muted && (!any_solo || t.soloed))
+        .map(|(_, pair)| pair)
         .fold((0.0, 0.0), |(l, r), (t, input)| {
             let theta = (t.pan + 1.0) * FRAC_PI_4;
             (
@@ -49,6 +53,7 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
         &Settings {
             backend: "jack",
             jack_server: Some(server.name.clone()),
+            extra_config: "[jack]\ndirect_outs = true\n".into(),
             ..Settings::default()
         },
     );
@@ -57,6 +62,9 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
     let probe = Probe::start();
     connect("overdub:mix.master_out_L", "probe:in_L");
     connect("overdub:mix.master_out_R", "probe:in_R");
+    let direct = Probe::named("direct");
+    connect("overdub:mix.track-3.out_L", "direct:in_L");
+    connect("overdub:mix.track-3.out_R", "direct:in_R");
 
     let scenarios: [[TrackMix; 3]; 4] = [
         [
@@ -161,8 +169,15 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
         }
         sleep(0.2);
         let (left, right) = probe.last();
-        let (want_left, want_right) = expected(mix);
-        for (side, got, want) in [("left", left, want_left), ("right", right, want_right)] {
+        let (want_left, want_right) = expected(mix, &[0, 1, 2]);
+        let (direct_left, direct_right) = direct.last();
+        let (want_direct_left, want_direct_right) = expected(mix, &[2]);
+        for (side, got, want) in [
+            ("left", left, want_left),
+            ("right", right, want_right),
+            ("track 3 direct left", direct_left, want_direct_left),
+            ("track 3 direct right", direct_right, want_direct_right),
+        ] {
             let got = f64::from(got);
             if want.abs() < 1e-9 {
                 assert!(got.abs() < 1e-6, "scenario {n} {side}: {got} where silence");
@@ -175,4 +190,24 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
             }
         }
     }
+
+    // Port names follow a rename; connections stay.
+    daemon.cli(&["track", "set", "3", "--name", "Keys"]);
+    let ports = server.lsp(&[]);
+    for port in [
+        "overdub:mix.keys.in",
+        "overdub:mix.keys.out_L",
+        "overdub:mix.keys.out_R",
+    ] {
+        assert!(ports.lines().any(|l| l == port), "{port} missing:\n{ports}");
+    }
+    assert!(!ports.contains("track-3"), "old names left:\n{ports}");
+    assert_eq!(
+        server.connections("overdub:mix.keys.in"),
+        vec!["feeder:out_3"]
+    );
+    assert_eq!(
+        server.connections("overdub:mix.keys.out_L"),
+        vec!["direct:in_L"]
+    );
 }

@@ -31,7 +31,7 @@ use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
     RunningBackend, TransportMode, TransportRequest,
 };
-use crate::engine::{ProcessContext, Processor, NO_INPUT};
+use crate::engine::{ProcessContext, Processor, TrackOutputs, NO_INPUT};
 
 /// Sessions one client can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
@@ -46,9 +46,29 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
 /// JACK's type name for audio ports.
 const AUDIO_TYPE: &str = "32 bit float mono audio";
 
-/// The input ports of one track, moved into the process callback.
+/// The ports of one track, moved into the process callback: inputs, and the direct outputs
+/// when `jack.direct_outs` is on.
 struct TrackPorts {
     ports: [Option<jack::Port<AudioIn>>; 2],
+    outs: Option<[jack::Port<AudioOut>; 2]>,
+}
+
+/// The direct outputs of a node's tracks for one chunk of a period. Real-time safe.
+struct DirectOuts<'s> {
+    tracks: &'s mut [Option<Box<TrackPorts>>],
+    scope: &'s ProcessScope,
+    range: std::ops::Range<usize>,
+}
+
+impl TrackOutputs for DirectOuts<'_> {
+    fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])> {
+        let [left, right] = self.tracks.get_mut(slot)?.as_mut()?.outs.as_mut()?;
+        let range = self.range.clone();
+        Some((
+            left.as_mut_slice(self.scope).get_mut(range.clone())?,
+            right.as_mut_slice(self.scope).get_mut(range)?,
+        ))
+    }
 }
 
 /// One session in the process callback: its processor, its ports and its input buffers.
@@ -73,6 +93,13 @@ impl Node {
         let [left_port, right_port] = master;
         let left = left_port.as_mut_slice(scope);
         let right = right_port.as_mut_slice(scope);
+        // Direct outputs start silent: a track installed in the processor after its ports
+        // arrived writes into them from then on.
+        for outs in tracks.iter_mut().flatten().filter_map(|t| t.outs.as_mut()) {
+            for port in outs {
+                port.as_mut_slice(scope).fill(0.0);
+            }
+        }
         let mut done = 0;
         while done < frames {
             let len = (frames - done).min(inputs.capacity());
@@ -94,11 +121,17 @@ impl Node {
             ) else {
                 return;
             };
+            let mut direct = DirectOuts {
+                tracks,
+                scope,
+                range: done..done + len,
+            };
             processor.process(&mut ProcessContext {
                 frames: len,
                 inputs,
                 master_left: left,
                 master_right: right,
+                track_outputs: Some(&mut direct),
             });
             done += len;
         }
@@ -322,6 +355,7 @@ struct GraphState {
 pub struct JackGraph {
     client_name: String,
     transport: TransportMode,
+    direct_outs: bool,
     sample_rate: u32,
     state: Mutex<GraphState>,
 }
@@ -353,6 +387,7 @@ impl JackGraph {
         Ok(JackGraph {
             client_name,
             transport: settings.transport,
+            direct_outs: settings.direct_outs,
             sample_rate,
             state: Mutex::new(GraphState {
                 connection: Some(connection),
@@ -646,7 +681,13 @@ impl JackGraph {
                 }
             }
             for (&slot, track) in meta.tracks.iter_mut() {
-                let ports = register_track(client, &meta.prefix, &track.name, track.channels);
+                let ports = register_track(
+                    client,
+                    &meta.prefix,
+                    &track.name,
+                    track.channels,
+                    self.direct_outs,
+                );
                 match ports {
                     Ok(ports) => {
                         track.ports = port_names(&ports);
@@ -806,15 +847,39 @@ fn track_port_names(prefix: &str, track: &str, channels: u8) -> Vec<String> {
     }
 }
 
+/// Short names of a track's direct outputs: `<session>.<track>.out_L` and `.out_R`.
+fn track_out_names(prefix: &str, track: &str) -> [String; 2] {
+    let track = crate::control::validate::slug(track);
+    [
+        format!("{prefix}.{track}.out_L"),
+        format!("{prefix}.{track}.out_R"),
+    ]
+}
+
 fn register_track(
     client: &Client,
     prefix: &str,
     track: &str,
     channels: u8,
+    direct_outs: bool,
 ) -> Result<TrackPorts, BackendError> {
     let mut ports = TrackPorts {
         ports: [None, None],
+        outs: None,
     };
+    if direct_outs {
+        let [left, right] = track_out_names(prefix, track);
+        let left = client
+            .register_port(&left, AudioOut::default())
+            .map_err(|e| jack_error(&format!("cannot register port {left:?}"), e))?;
+        match client.register_port(&right, AudioOut::default()) {
+            Ok(right) => ports.outs = Some([left, right]),
+            Err(e) => {
+                let _ = client.unregister_port(left);
+                return Err(jack_error(&format!("cannot register port {right:?}"), e));
+            }
+        }
+    }
     for (channel, name) in track_port_names(prefix, track, channels).iter().enumerate() {
         match client.register_port(name, AudioIn::default()) {
             Ok(port) => ports.ports[channel] = Some(port),
@@ -838,6 +903,9 @@ fn port_names(ports: &TrackPorts) -> Vec<String> {
 
 fn unregister_track(client: &Client, ports: TrackPorts) {
     for port in ports.ports.into_iter().flatten() {
+        let _ = client.unregister_port(port);
+    }
+    for port in ports.outs.into_iter().flatten() {
         let _ = client.unregister_port(port);
     }
 }
@@ -973,7 +1041,8 @@ impl RunningBackend for JackSession {
                     .as_ref()
                     .is_none_or(|t| t.channels != channels || t.ports.is_empty());
                 if fresh {
-                    let ports = register_track(client, &prefix, name, channels)?;
+                    let ports =
+                        register_track(client, &prefix, name, channels, self.graph.direct_outs)?;
                     ports_names = port_names(&ports);
                     if let Err(rtrb::PushError::Full(GraphCommand::SetTrack { ports, .. })) =
                         connection.commands.push(GraphCommand::SetTrack {
@@ -1020,7 +1089,7 @@ impl RunningBackend for JackSession {
             let Some(track) = meta.tracks.get_mut(&slot) else {
                 return Ok(());
             };
-            track.name = name.to_string();
+            let old_name = std::mem::replace(&mut track.name, name.to_string());
             let new_names = track_port_names(&prefix, name, track.channels);
             if let Some(connection) = state.connection.as_ref() {
                 let client = connection.client.as_client();
@@ -1034,6 +1103,16 @@ impl RunningBackend for JackSession {
                     renamed.push(port.name().unwrap_or_else(|_| full.clone()));
                 }
                 track.ports = renamed;
+                if self.graph.direct_outs {
+                    let own = format!("{}:", client.name());
+                    let old_names = track_out_names(&prefix, &old_name);
+                    for (old, new) in old_names.iter().zip(track_out_names(&prefix, name)) {
+                        if let Some(mut port) = client.port_by_name(&format!("{own}{old}")) {
+                            port.set_name(&new)
+                                .map_err(|e| jack_error(&format!("cannot rename {old:?}"), e))?;
+                        }
+                    }
+                }
             }
             Ok(())
         })
@@ -1167,6 +1246,7 @@ impl RunningBackend for JackSession {
                 inputs: &inputs,
                 master_left: &mut left,
                 master_right: &mut right,
+                track_outputs: None,
             });
             true
         })

@@ -197,6 +197,8 @@ pub struct JackSettings {
     pub client_name: String,
     /// Transport relation.
     pub transport: TransportMode,
+    /// Give every track direct outputs (`<session>.<track>.out_L/R`).
+    pub direct_outs: bool,
 }
 
 /// The audio graph the daemon runs on, chosen once at start (`audio.backend`).

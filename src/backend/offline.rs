@@ -57,6 +57,7 @@ impl OfflineBackend {
             inputs: &self.inputs,
             master_left: &mut self.left,
             master_right: &mut self.right,
+            track_outputs: None,
         });
         self.frame += frames as u64;
         (&self.left[..frames], &self.right[..frames])

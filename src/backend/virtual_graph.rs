@@ -337,6 +337,7 @@ fn run(config: VirtualConfig, mut processor: Processor, stop: &AtomicBool) -> Pr
                 inputs: &inputs,
                 master_left: &mut left,
                 master_right: &mut right,
+                track_outputs: None,
             });
             frame = frame.wrapping_add(u64::from(config.period));
             cycles += 1;

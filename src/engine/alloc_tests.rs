@@ -239,3 +239,66 @@ fn process_never_allocates_with_streams_and_taps() {
     }
     assert_eq!(handed_back, 5, "every stream and tap came back");
 }
+
+/// Direct outputs over plain buffers, as a backend would offer them.
+struct Outputs {
+    buffers: Vec<[Vec<f32>; 2]>,
+}
+
+impl TrackOutputs for Outputs {
+    fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])> {
+        let [left, right] = self.buffers.get_mut(slot)?;
+        Some((left.as_mut_slice(), right.as_mut_slice()))
+    }
+}
+
+#[test]
+fn direct_outputs_carry_each_tracks_send_without_allocating() {
+    use crate::backend::PlanarInputs;
+
+    let (mut processor, mut handle, _markers) = engine(EngineConfig::new(48_000, 64, 4));
+    let mut loud = params(1, 0, true);
+    loud.level = 0.5;
+    loud.pan = -1.0;
+    let mut muted = params(1, 1, true);
+    muted.muted = true;
+    for (track, p) in [(0, loud), (1, muted)] {
+        assert!(handle
+            .send(ControlToEngine::InstallTrack {
+                track,
+                slot: slot(p, 1024),
+            })
+            .is_ok());
+    }
+    // 150 frames: more than the engine's 64-frame chunks, so the offsets are exercised.
+    let frames = 150;
+    let mut inputs = PlanarInputs::new(2, frames);
+    inputs.set_frames(frames);
+    inputs.channel_mut(0).fill(0.4);
+    inputs.channel_mut(1).fill(0.3);
+    let mut outputs = Outputs {
+        buffers: (0..4)
+            .map(|_| [vec![9.0; frames], vec![9.0; frames]])
+            .collect(),
+    };
+    let (mut left, mut right) = (vec![0.0; frames], vec![0.0; frames]);
+    assert_no_alloc(|| {
+        processor.process(&mut ProcessContext {
+            frames,
+            inputs: &inputs,
+            master_left: &mut left,
+            master_right: &mut right,
+            track_outputs: Some(&mut outputs),
+        });
+    });
+    // Track 1, hard left at level 0.5: 0.2 on the left, nothing on the right.
+    assert!(outputs.buffers[0][0]
+        .iter()
+        .all(|&s| (s - 0.2).abs() < 1e-6));
+    assert!(outputs.buffers[0][1].iter().all(|&s| s.abs() < 1e-6));
+    // Track 2 is muted: silence on both sides.
+    assert!(outputs.buffers[1].iter().flatten().all(|&s| s == 0.0));
+    // Slots without a track are left alone.
+    assert!(outputs.buffers[2].iter().flatten().all(|&s| s == 9.0));
+    assert_eq!(left, outputs.buffers[0][0]);
+}

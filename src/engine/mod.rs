@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use messages::*;
 pub use mixer::{audible, pan_gains};
-pub use processor::{AudioInputs, ProcessContext, Processor};
+pub use processor::{AudioInputs, ProcessContext, Processor, TrackOutputs};
 pub use shared::EngineShared;
 pub use stream::{
     InboundStream, MonitorTap, StreamStats, TapBlock, TapSource, TapStats, MAX_TAPS,

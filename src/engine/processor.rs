@@ -25,6 +25,14 @@ pub trait AudioInputs {
     fn channel(&self, index: usize) -> &[f32];
 }
 
+/// Per-track outputs a backend offers (JACK direct outs). The processor writes into each what
+/// its track sends to the master (post level, pan, mute and solo; silence when not heard).
+pub trait TrackOutputs {
+    /// Left and right buffers of track `slot` for this call (as long as the call's period), or
+    /// `None` when the track has no outputs. Must be real-time safe.
+    fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])>;
+}
+
 /// Everything one call to [`Processor::process`] works on: the inputs and the master outputs.
 pub struct ProcessContext<'a> {
     /// Frames in this period. Larger than the engine's `max_period` is allowed (processed in
@@ -36,6 +44,8 @@ pub struct ProcessContext<'a> {
     pub master_left: &'a mut [f32],
     /// Master output, right; overwritten.
     pub master_right: &'a mut [f32],
+    /// Per-track outputs, where the backend has them; written for every installed track.
+    pub track_outputs: Option<&'a mut dyn TrackOutputs>,
 }
 
 /// The open take of a track.
@@ -290,6 +300,7 @@ impl Processor {
                 done,
                 &mut ctx.master_left[done..end],
                 &mut ctx.master_right[done..end],
+                ctx.track_outputs.as_deref_mut(),
             );
             done = end;
         }
@@ -706,12 +717,13 @@ impl Processor {
     }
 
     /// Renders `left.len()` frames starting `offset` frames into the period. Real-time safe.
-    fn render(
+    fn render<'o>(
         &mut self,
         inputs: &dyn AudioInputs,
         offset: usize,
         left: &mut [f32],
         right: &mut [f32],
+        mut outputs: Option<&mut (dyn TrackOutputs + 'o)>,
     ) {
         let frames = left.len().min(right.len()).min(self.max_period);
         let capturing = self.state == TransportState::Recording;
@@ -739,6 +751,18 @@ impl Processor {
                 &mut right[..frames],
             );
             clips += track_clips;
+            if state.slot.is_some() {
+                if let Some((out_left, out_right)) =
+                    outputs.as_deref_mut().and_then(|o| o.track_output(index))
+                {
+                    write_send(
+                        out_left.get_mut(offset..offset + frames),
+                        out_right.get_mut(offset..offset + frames),
+                        &self.scratch,
+                        send,
+                    );
+                }
+            }
             let source = TapSource::Track(slot_id(index));
             for tap in self.taps.iter_mut().flatten() {
                 if tap.source() == source {
@@ -821,6 +845,40 @@ fn read_input(inputs: &dyn AudioInputs, channel: u16, offset: usize, gain: f32, 
 struct TrackSend {
     stereo: bool,
     gains: (f32, f32),
+}
+
+/// Writes what a track sent to its direct outputs (silence when nothing). Real-time safe.
+fn write_send(
+    left: Option<&mut [f32]>,
+    right: Option<&mut [f32]>,
+    scratch: &Scratch,
+    send: Option<TrackSend>,
+) {
+    let (Some(out_left), Some(out_right)) = (left, right) else {
+        return;
+    };
+    let frames = out_left.len().min(out_right.len()).min(scratch.left.len());
+    match send {
+        Some(send) => {
+            let source_left = &scratch.left[..frames];
+            let source_right = if send.stereo {
+                &scratch.right[..frames]
+            } else {
+                source_left
+            };
+            let (gain_left, gain_right) = send.gains;
+            for (out, sample) in out_left.iter_mut().zip(source_left) {
+                *out = sample * gain_left;
+            }
+            for (out, sample) in out_right.iter_mut().zip(source_right) {
+                *out = sample * gain_right;
+            }
+        }
+        None => {
+            out_left[..frames].fill(0.0);
+            out_right[..frames].fill(0.0);
+        }
+    }
 }
 
 /// Feeds a track tap with what its track sent (silence when nothing). Real-time safe.

@@ -210,7 +210,8 @@ impl jack::ProcessHandler for ProbeProcess {
     }
 }
 
-/// A JACK client `probe` with inputs `in_L`/`in_R` that keeps the last sample of each.
+/// A JACK client (`probe` unless named) with inputs `in_L`/`in_R` that keeps the last sample of
+/// each.
 pub struct Probe {
     _client: jack::AsyncClient<(), ProbeProcess>,
     last: Arc<[AtomicU32; 2]>,
@@ -218,7 +219,11 @@ pub struct Probe {
 
 impl Probe {
     pub fn start() -> Probe {
-        let (client, _) = Client::new("probe", ClientOptions::NO_START_SERVER)
+        Probe::named("probe")
+    }
+
+    pub fn named(name: &str) -> Probe {
+        let (client, _) = Client::new(name, ClientOptions::NO_START_SERVER)
             .expect("the probe reaches the private jackd");
         let ins = [
             client.register_port("in_L", AudioIn::default()).unwrap(),
