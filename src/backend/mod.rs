@@ -317,6 +317,9 @@ impl Graph {
         max_tracks: usize,
         processor: Processor,
     ) -> Result<Box<dyn RunningBackend>, BackendError> {
+        // Only graphs with ports per session name them.
+        #[cfg(not(feature = "jack"))]
+        let _ = session_name;
         match self {
             Graph::Virtual(config) => {
                 let config = VirtualConfig {
