@@ -9,7 +9,7 @@ mod common;
 
 use std::f64::consts::FRAC_PI_4;
 
-use common::jack::{connect, Feeder, JackServer, Probe, Signal};
+use common::jack::{self, connect, Feeder, JackServer, Probe, Signal};
 use common::*;
 
 const INPUTS: [f64; 3] = [0.1, 0.2, 0.3];
@@ -50,12 +50,7 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
     let daemon = Daemon::start(
         &Reach::PeerToPeer(dir.path().join("run")),
         &dir.path().join("data"),
-        &Settings {
-            backend: "jack",
-            jack_server: Some(server.name.clone()),
-            extra_config: "[jack]\ndirect_outs = true\n".into(),
-            ..Settings::default()
-        },
+        &jack::settings(&server, "[jack]\ndirect_outs = true\n"),
     );
     daemon.cli(&["session", "create", "mix", "--tracks", "3"]);
     let _feeder = Feeder::start(&INPUTS.map(|v| Signal::Dc(v as f32)));

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::jack::JackServer;
+use common::jack::{self, JackServer};
 use common::*;
 
 #[test]
@@ -17,11 +17,7 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
     let mut server = JackServer::start(256);
     let bus = Bus::start();
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        backend: "jack",
-        jack_server: Some(server.name.clone()),
-        ..Settings::default()
-    };
+    let settings = jack::settings(&server, "");
     let reach = Reach::Bus(bus.address.clone());
     let data = dir.path().join("data");
     let mut daemon = Daemon::start(&reach, &data, &settings);
@@ -138,12 +134,4 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
         "no Error signal:\n{signals}"
     );
     daemon.terminate();
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        sleep(0.05);
-    }
 }

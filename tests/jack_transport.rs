@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use ::jack::{Client, ClientOptions, TransportState};
 
-use common::jack::JackServer;
+use common::jack::{self, JackServer};
 use common::*;
 
 fn state(daemon: &Daemon) -> String {
@@ -17,23 +15,6 @@ fn state(daemon: &Daemon) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        sleep(0.02);
-    }
-}
-
-fn settings(server: &JackServer, mode: &str) -> Settings {
-    Settings {
-        backend: "jack",
-        jack_server: Some(server.name.clone()),
-        extra_config: format!("[jack]\ntransport = \"{mode}\"\n"),
-        ..Settings::default()
-    }
 }
 
 #[test]
@@ -45,7 +26,11 @@ fn overdub_follows_and_leads_the_jack_transport() {
     let reach = Reach::PeerToPeer(dir.path().join("run"));
     let data = dir.path().join("data");
 
-    let mut daemon = Daemon::start(&reach, &data, &settings(&server, "follow"));
+    let mut daemon = Daemon::start(
+        &reach,
+        &data,
+        &jack::settings(&server, "[jack]\ntransport = \"follow\"\n"),
+    );
     daemon.cli(&["session", "create", "follow", "--tracks", "2"]);
     transport.locate(48_000).unwrap();
     wait_for(
@@ -67,7 +52,11 @@ fn overdub_follows_and_leads_the_jack_transport() {
         .all(|t| t.status == "complete" && t.frames > 4_800));
     daemon.terminate();
 
-    let daemon = Daemon::start(&reach, &data, &settings(&server, "lead"));
+    let daemon = Daemon::start(
+        &reach,
+        &data,
+        &jack::settings(&server, "[jack]\ntransport = \"lead\"\n"),
+    );
     assert_eq!(transport.query_state().unwrap(), TransportState::Stopped);
     daemon.cli(&["seek", "2s"]);
     wait_for(

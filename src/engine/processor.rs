@@ -847,6 +847,25 @@ struct TrackSend {
     gains: (f32, f32),
 }
 
+/// The signal a track sent this segment, as (left source, right source, left gain, right gain)
+/// over the track's scratch buffers (a mono track feeds both sides); `None` when it sent
+/// nothing. Real-time safe.
+fn send_sources(
+    scratch: &Scratch,
+    frames: usize,
+    send: Option<TrackSend>,
+) -> Option<(&[f32], &[f32], f32, f32)> {
+    let send = send?;
+    let frames = frames.min(scratch.left.len());
+    let left = &scratch.left[..frames];
+    let right = if send.stereo {
+        &scratch.right[..frames]
+    } else {
+        left
+    };
+    Some((left, right, send.gains.0, send.gains.1))
+}
+
 /// Writes what a track sent to its direct outputs (silence when nothing). Real-time safe.
 fn write_send(
     left: Option<&mut [f32]>,
@@ -857,27 +876,19 @@ fn write_send(
     let (Some(out_left), Some(out_right)) = (left, right) else {
         return;
     };
-    let frames = out_left.len().min(out_right.len()).min(scratch.left.len());
-    match send {
-        Some(send) => {
-            let source_left = &scratch.left[..frames];
-            let source_right = if send.stereo {
-                &scratch.right[..frames]
-            } else {
-                source_left
-            };
-            let (gain_left, gain_right) = send.gains;
-            for (out, sample) in out_left.iter_mut().zip(source_left) {
-                *out = sample * gain_left;
-            }
-            for (out, sample) in out_right.iter_mut().zip(source_right) {
-                *out = sample * gain_right;
-            }
-        }
-        None => {
-            out_left[..frames].fill(0.0);
-            out_right[..frames].fill(0.0);
-        }
+    let frames = out_left.len().min(out_right.len());
+    let Some((source_left, source_right, gain_left, gain_right)) =
+        send_sources(scratch, frames, send)
+    else {
+        out_left.fill(0.0);
+        out_right.fill(0.0);
+        return;
+    };
+    for (out, sample) in out_left.iter_mut().zip(source_left) {
+        *out = sample * gain_left;
+    }
+    for (out, sample) in out_right.iter_mut().zip(source_right) {
+        *out = sample * gain_right;
     }
 }
 
@@ -889,19 +900,13 @@ fn feed_send(
     scratch: &Scratch,
     send: Option<TrackSend>,
 ) {
-    let frames = frames.min(scratch.left.len());
-    match send {
-        Some(send) => {
-            let left = &scratch.left[..frames];
-            let right = if send.stereo {
-                &scratch.right[..frames]
-            } else {
-                left
-            };
-            let (gl, gr) = send.gains;
-            tap.feed(first_frame, frames, |i| (left[i] * gl, right[i] * gr));
+    match send_sources(scratch, frames, send) {
+        Some((left, right, gain_left, gain_right)) => {
+            tap.feed(first_frame, left.len(), |i| {
+                (left[i] * gain_left, right[i] * gain_right)
+            });
         }
-        None => tap.feed(first_frame, frames, |_| (0.0, 0.0)),
+        None => tap.feed(first_frame, frames.min(scratch.left.len()), |_| (0.0, 0.0)),
     }
 }
 

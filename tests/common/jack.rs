@@ -11,6 +11,16 @@ use jack::{AudioIn, AudioOut, Client, ClientOptions, Control, Port, ProcessScope
 
 use super::RATE;
 
+/// Daemon settings for the JACK backend on `server`, with `extra` TOML appended.
+pub fn settings(server: &JackServer, extra: &str) -> super::Settings {
+    super::Settings {
+        backend: "jack",
+        jack_server: Some(server.name.clone()),
+        extra_config: extra.to_string(),
+        ..super::Settings::default()
+    }
+}
+
 /// A private `jackd -d dummy`, stopped by PID on drop.
 pub struct JackServer {
     child: Option<Child>,
@@ -35,7 +45,9 @@ impl JackServer {
 
     fn launch(&mut self) {
         let child = Command::new("jackd")
-            .args(["-r", "-n", &self.name, "-d", "dummy", "-r"])
+            // Real-time scheduling where permitted (jackd runs without it otherwise): the dummy
+            // driver then keeps its clock under the load of parallel tests.
+            .args(["-n", &self.name, "-d", "dummy", "-r"])
             .arg(RATE.to_string())
             .arg("-p")
             .arg(self.period.to_string())
@@ -184,6 +196,11 @@ impl Feeder {
             frame,
             impulse_at,
         }
+    }
+
+    /// Frames the feeder has produced.
+    pub fn frame(&self) -> u64 {
+        self.frame.load(Ordering::Relaxed)
     }
 
     /// Puts an impulse on outputs 1 and 2 `after` frames from now; returns its feeder frame.

@@ -530,3 +530,12 @@ pub fn collect_stdout(mut child: Child) -> (Child, std::thread::JoinHandle<Strin
 pub fn sleep(seconds: f64) {
     std::thread::sleep(Duration::from_secs_f64(seconds));
 }
+
+/// Waits up to 10 s for `condition`, failing with `what` if it never holds.
+pub fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        sleep(0.02);
+    }
+}
