@@ -6,11 +6,11 @@
 //! Not real-time: runs on tokio.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
-use tokio::time::{interval, Interval, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use super::outbox::Outbox;
 use super::wire::{self, Topic};
@@ -127,11 +127,24 @@ pub fn meter_period(rate_hz: f64) -> Duration {
     Duration::from_secs_f64(1.0 / rate_hz.clamp(MIN_METER_RATE_HZ, MAX_METER_RATE_HZ))
 }
 
-/// A steady ticker that skips missed ticks instead of bursting to catch up.
+/// A steady ticker that skips missed ticks instead of bursting to catch up. Its ticks fall on
+/// a grid shared by every connection (multiples of `period` since the first ticker), so all
+/// clients with the same period tick together: the runtime wakes once per tick for all of
+/// them instead of once per client and topic, and a client's `position` and `meters`, due at
+/// the same instant, leave in one write. The first tick comes within one period.
 fn ticker(period: Duration) -> Interval {
-    let mut tick = interval(period);
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let mut tick = interval_at(next_on_grid(origin, Instant::now(), period), period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     tick
+}
+
+/// The first instant after `now` that is a whole number of `period`s after `origin`.
+fn next_on_grid(origin: Instant, now: Instant, period: Duration) -> Instant {
+    let step = period.as_nanos().max(1);
+    let periods = now.saturating_duration_since(origin).as_nanos() / step + 1;
+    origin + Duration::from_nanos(u64::try_from(periods * step).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -143,5 +156,30 @@ mod tests {
         assert_eq!(meter_period(20.0), Duration::from_millis(50));
         assert_eq!(meter_period(1000.0), meter_period(MAX_METER_RATE_HZ));
         assert_eq!(meter_period(0.0), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn ticks_fall_on_a_grid_shared_by_every_client() {
+        let origin = Instant::now();
+        let period = Duration::from_millis(50);
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(next_on_grid(origin, origin, period), origin + ms(50));
+        assert_eq!(
+            next_on_grid(origin, origin + ms(7), period),
+            origin + ms(50)
+        );
+        assert_eq!(
+            next_on_grid(origin, origin + ms(50), period),
+            origin + ms(100)
+        );
+        assert_eq!(
+            next_on_grid(origin, origin + ms(1234), period),
+            origin + ms(1250)
+        );
+        // Before the origin (a clock that went back cannot happen, but must not panic).
+        assert_eq!(
+            next_on_grid(origin + ms(10), origin, period),
+            origin + ms(60)
+        );
     }
 }
