@@ -47,19 +47,30 @@ pub fn track(row: &TrackRow) -> Value {
 /// A session object as the multitrack-recorder API shapes it, plus `name`, `state`,
 /// `position` (frames) and `positionSeconds`.
 pub fn session(info: &SessionInfo, buffer_size: u32) -> Value {
-    json!({
+    let mut session = json!({
         "sessionId": info.row.id,
         "name": info.row.name,
         "projectId": info.row.project_id,
         "userId": info.row.user_id,
-        "tracks": info.tracks.iter().map(track).collect::<Vec<_>>(),
         "sampleRate": info.row.sample_rate,
         "bufferSize": buffer_size,
         "isRecording": info.state == TransportState::Recording,
         "state": info.state.as_str(),
         "position": info.position,
         "positionSeconds": seconds(info.position, info.row.sample_rate),
-    })
+    });
+    // Moved in, not through `json!`: that would copy every track object once more.
+    session["tracks"] = Value::Array(info.tracks.iter().map(track).collect());
+    session
+}
+
+/// `{"success": true, key: value}`: an answer of the multitrack API, `value` moved in (`json!`
+/// would copy it, and a session object is most of what `GET /session/:id` costs).
+pub fn success(key: &str, value: Value) -> Value {
+    let mut answer = serde_json::Map::new();
+    answer.insert("success".into(), Value::Bool(true));
+    answer.insert(key.into(), value);
+    Value::Object(answer)
 }
 
 #[cfg(test)]
@@ -87,5 +98,46 @@ mod tests {
         assert_eq!(json["level"], 0.7);
         assert_eq!(json["pan"], -0.2);
         assert_eq!(json["soloed"], true);
+    }
+
+    #[test]
+    fn the_session_object_holds_its_tracks_and_answers_wrap_it() {
+        let row = |index: u32| TrackRow {
+            index,
+            name: format!("Track {index}"),
+            channels: 1,
+            armed: index == 1,
+            input_gain: 1.0,
+            level: 1.0,
+            pan: 0.0,
+            muted: false,
+            soloed: false,
+            input: String::new(),
+            monitoring: "auto".into(),
+        };
+        let info = SessionInfo {
+            row: crate::store::SessionRow {
+                id: "abc".into(),
+                name: "Demo".into(),
+                project_id: Some("p".into()),
+                user_id: Some("u".into()),
+                sample_rate: 48_000,
+                created_at_ms: 0,
+                active: true,
+            },
+            state: TransportState::Recording,
+            position: 24_000,
+            tracks: vec![row(1), row(2)],
+        };
+        let answer = success("session", session(&info, 256));
+        assert_eq!(answer["success"], true);
+        let json = &answer["session"];
+        assert_eq!(json["sessionId"], "abc");
+        assert_eq!(json["isRecording"], true);
+        assert_eq!(json["positionSeconds"], 0.5);
+        assert_eq!(json["bufferSize"], 256);
+        assert_eq!(json["tracks"][1]["trackId"], "track_2");
+        assert_eq!(json["tracks"][0]["armed"], true);
+        assert_eq!(json["tracks"].as_array().unwrap().len(), 2);
     }
 }

@@ -132,16 +132,18 @@ async fn create(
         }
     }
     let info = control.session(&id).await?;
-    Ok(Json(
-        json!({"success": true, "session": shapes::session(&info, control.info().buffer_size)}),
-    ))
+    Ok(Json(shapes::success(
+        "session",
+        shapes::session(&info, control.info().buffer_size),
+    )))
 }
 
 async fn show(State(state): State<AppState>, PathArgs(id): PathArgs<String>) -> Reply {
     let info = state.control.session(&id).await?;
-    Ok(Json(
-        json!({"success": true, "session": shapes::session(&info, state.control.info().buffer_size)}),
-    ))
+    Ok(Json(shapes::success(
+        "session",
+        shapes::session(&info, state.control.info().buffer_size),
+    )))
 }
 
 async fn start(State(state): State<AppState>, PathArgs(id): PathArgs<String>) -> Reply {
@@ -179,7 +181,7 @@ async fn update_track(
         .control
         .update_track(&id, index, change.into_update())
         .await?;
-    Ok(Json(json!({"success": true, "track": shapes::track(&row)})))
+    Ok(Json(shapes::success("track", shapes::track(&row))))
 }
 
 async fn delete(State(state): State<AppState>, PathArgs(id): PathArgs<String>) -> Reply {
