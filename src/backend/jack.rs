@@ -18,7 +18,7 @@
 //! control's threads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -166,6 +166,8 @@ struct GraphProcess {
     /// Where the nodes go when the client is dropped (server loss or shutdown); used only in
     /// `Drop`, which runs off the real-time thread.
     rescue: mpsc::Sender<(usize, Box<Node>)>,
+    /// Where the period is published.
+    signals: Arc<GraphSignals>,
 }
 
 impl GraphProcess {
@@ -225,6 +227,12 @@ impl jack::ProcessHandler for GraphProcess {
         }
         Control::Continue
     }
+
+    /// Publishes a new period (the nodes run any period length). **Real-time safe**.
+    fn buffer_size(&mut self, _: &Client, frames: jack::Frames) -> Control {
+        self.signals.period.store(frames, Ordering::Relaxed);
+        Control::Continue
+    }
 }
 
 impl Drop for GraphProcess {
@@ -254,6 +262,8 @@ struct GraphSignals {
     touched: Mutex<Vec<String>>,
     /// Kernel thread ids of the threads JACK started for the client (notifications, process).
     threads: Mutex<Vec<i32>>,
+    /// Frames per period, as the server last announced.
+    period: AtomicU32,
 }
 
 impl Default for GraphSignals {
@@ -263,6 +273,7 @@ impl Default for GraphSignals {
             xruns: AtomicU64::new(0),
             touched: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
+            period: AtomicU32::new(0),
         }
     }
 }
@@ -411,6 +422,14 @@ impl JackGraph {
         self.sample_rate
     }
 
+    /// Frames per period now (0 while the server is gone). Cheap: no server round trip.
+    pub fn period(&self) -> u32 {
+        lock(&self.state)
+            .connection
+            .as_ref()
+            .map_or(0, |c| c.signals.period.load(Ordering::Relaxed))
+    }
+
     /// Rate, period and the latency of the physical ports, as the server reports them now.
     pub fn info(&self) -> BackendInfo {
         let state = lock(&self.state);
@@ -418,7 +437,7 @@ impl JackGraph {
             Some(c) => {
                 let client = c.client.as_client();
                 (
-                    client.buffer_size(),
+                    c.signals.period.load(Ordering::Relaxed),
                     physical_latency(client, PortFlags::IS_OUTPUT),
                     physical_latency(client, PortFlags::IS_INPUT),
                 )
@@ -781,11 +800,13 @@ fn connect(
     let (command_tx, command_rx) = rtrb::RingBuffer::new(QUEUE);
     let (retired_tx, retired_rx) = rtrb::RingBuffer::new(QUEUE);
     let signals = Arc::new(GraphSignals::default());
+    signals.period.store(client.buffer_size(), Ordering::Relaxed);
     let process = GraphProcess {
         nodes: (0..MAX_NODES).map(|_| None).collect(),
         commands: command_rx,
         retired: retired_tx,
         rescue: rescue.clone(),
+        signals: Arc::clone(&signals),
     };
     let notifications = GraphNotifications {
         signals: Arc::clone(&signals),

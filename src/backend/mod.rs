@@ -275,7 +275,7 @@ impl Graph {
         match self {
             Graph::Virtual(config) => config.period,
             #[cfg(feature = "jack")]
-            Graph::Jack(graph) => graph.info().period,
+            Graph::Jack(graph) => graph.period(),
         }
     }
 
