@@ -47,6 +47,8 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDBACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the device's poll may sleep before cpal checks whether it was disconnected.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+/// SCHED_FIFO priority asked for cpal's capture thread (as for the virtual graph's thread).
+const REALTIME_PRIORITY: libc::c_int = 70;
 /// Frames of master the ring between the capture and playback streams holds.
 const MASTER_RING_FRAMES: usize = 16_384;
 /// Sample formats asked of a device, best first (converted to and from `f32` in the callbacks).
@@ -350,6 +352,8 @@ struct StreamSignals {
     lost: AtomicBool,
     /// The processor panicked; the capture callback stopped running it.
     panicked: AtomicBool,
+    /// The error `pthread_setschedparam` returned for the capture thread (0 = none yet).
+    realtime_refused: std::sync::atomic::AtomicI32,
 }
 
 /// The error callback of both streams: counts, never blocks. **Real-time safe** (it only drops
@@ -383,6 +387,8 @@ struct CaptureCallback {
     rescue: mpsc::Sender<Processor>,
     /// The processor panicked: it is not run again.
     broken: bool,
+    /// The capture thread has asked for real-time priority.
+    promoted: bool,
 }
 
 impl CaptureCallback {
@@ -404,6 +410,7 @@ impl CaptureCallback {
             signals,
             rescue,
             broken: false,
+            promoted: false,
         }
     }
 
@@ -415,6 +422,10 @@ impl CaptureCallback {
         f32: FromSample<T>,
     {
         self.signals.callbacks.fetch_add(1, Ordering::Relaxed);
+        if !self.promoted {
+            self.promoted = true;
+            promote_current_thread(&self.signals);
+        }
         let CaptureCallback {
             processor,
             inputs,
@@ -460,6 +471,22 @@ impl CaptureCallback {
                 }
             }
         }
+    }
+}
+
+/// Asks SCHED_FIFO for the calling thread (cpal's capture thread, which runs the processor); a
+/// refusal is left in `signals` for control to log. One syscall, made once before the first
+/// period is processed (cpal's own promotion skips plugin devices such as `plug`), so a late
+/// reader does not lose audio the device had no room to keep.
+fn promote_current_thread(signals: &StreamSignals) {
+    let param = libc::sched_param {
+        sched_priority: REALTIME_PRIORITY,
+    };
+    // SAFETY: `pthread_self()` names the calling thread, which is alive; `param` is a valid
+    // sched_param that outlives the call.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        signals.realtime_refused.store(rc, Ordering::Relaxed);
     }
 }
 
@@ -740,6 +767,13 @@ impl RunningBackend for AlsaSession {
                 errors - self.errors_seen
             );
             self.errors_seen = errors;
+        }
+        let refused = self.signals.realtime_refused.swap(0, Ordering::Relaxed);
+        if refused != 0 {
+            tracing::info!(
+                error = %std::io::Error::from_raw_os_error(refused),
+                "ALSA: SCHED_FIFO refused for the capture thread, running at normal priority"
+            );
         }
         if self.signals.panicked.swap(false, Ordering::AcqRel) {
             tracing::error!("the processor panicked; the ALSA capture no longer runs it");
