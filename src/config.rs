@@ -506,5 +506,26 @@ mod tests {
         let mut config = Config::default();
         config.engine.max_tracks = 0;
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.alsa.channels = 0;
+        assert!(config.validate().unwrap_err().0.contains("alsa.channels"));
+    }
+
+    #[test]
+    fn alsa_output_device_words() {
+        let mut config: Config =
+            toml::from_str("[audio]\nbackend = \"alsa\"\n[alsa]\ndevice = \"hw:1\"\n").unwrap();
+        config.validate().unwrap();
+        let settings = config.alsa_settings();
+        assert_eq!(settings.device, "hw:1");
+        assert_eq!(settings.output, AlsaOutput::SameAsInput);
+        assert_eq!((settings.channels, settings.sample_rate), (2, 48_000));
+        config.alsa.output_device = "none".into();
+        assert_eq!(config.alsa_settings().output, AlsaOutput::Discard);
+        config.alsa.output_device = "plughw:0".into();
+        assert_eq!(
+            config.alsa_settings().output,
+            AlsaOutput::Device("plughw:0".into())
+        );
     }
 }
