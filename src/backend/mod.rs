@@ -261,13 +261,12 @@ impl Graph {
             "auto" => Ok(Graph::auto(virtual_config, jack, alsa)),
             other => Err(BackendError::failed(format!(
                 "backend {other:?} is not available in this build (auto, {}virtual)",
-                [
+                <[&str]>::concat(&[
                     #[cfg(feature = "jack")]
                     "jack, ",
                     #[cfg(feature = "alsa")]
                     "alsa, ",
-                ]
-                .concat()
+                ])
             ))),
         }
     }
@@ -390,6 +389,8 @@ impl Graph {
         max_tracks: usize,
         processor: Processor,
     ) -> Result<Box<dyn RunningBackend>, BackendError> {
+        #[cfg(not(feature = "jack"))]
+        let _ = session_name;
         match self {
             Graph::Virtual(config) => {
                 let config = VirtualConfig {
