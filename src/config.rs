@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::virtual_graph::{VirtualConfig, VirtualSignal};
-use crate::backend::{JackSettings, TransportMode};
+use crate::backend::{AlsaOutput, AlsaSettings, JackSettings, TransportMode};
 
 use crate::capture::SampleFormat;
 
@@ -40,6 +40,8 @@ pub struct Config {
     pub virtual_graph: VirtualGraphConfig,
     /// `[jack]`
     pub jack: JackConfig,
+    /// `[alsa]`
+    pub alsa: AlsaConfig,
     /// `[engine]`
     pub engine: EngineLimits,
     /// `[session]`
@@ -111,11 +113,12 @@ impl Default for DaemonConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AudioConfig {
-    /// `auto` (JACK when a server answers, else virtual), `jack` or `virtual`.
+    /// `auto` (JACK when a server answers, else ALSA when its device opens, else virtual),
+    /// `jack`, `alsa` or `virtual`.
     pub backend: String,
-    /// Frames per second for the virtual graph (JACK sets its own).
+    /// Frames per second for the virtual graph and ALSA (JACK sets its own).
     pub sample_rate: u32,
-    /// Frames per cycle for the virtual graph.
+    /// Frames per cycle for the virtual graph and ALSA.
     pub period: u32,
 }
 
@@ -147,6 +150,29 @@ impl Default for JackConfig {
             client_name: "overdub".into(),
             transport: "off".into(),
             direct_outs: false,
+        }
+    }
+}
+
+/// `[alsa]`: the ALSA backend (through cpal).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlsaConfig {
+    /// Capture device: an ALSA PCM name (`default`, `hw:CARD=USB,DEV=0`, `plughw:1,0`…).
+    pub device: String,
+    /// Playback device for the master: `""` = the capture device when it plays (else the master
+    /// is discarded), `"none"` = discard, or an ALSA PCM name (it must open).
+    pub output_device: String,
+    /// Channels captured from the device, 1–64.
+    pub channels: u16,
+}
+
+impl Default for AlsaConfig {
+    fn default() -> Self {
+        AlsaConfig {
+            device: "default".into(),
+            output_device: String::new(),
+            channels: 2,
         }
     }
 }
@@ -286,6 +312,21 @@ impl Config {
         }
     }
 
+    /// The ALSA backend's settings.
+    pub fn alsa_settings(&self) -> AlsaSettings {
+        AlsaSettings {
+            device: self.alsa.device.clone(),
+            output: match self.alsa.output_device.as_str() {
+                "" => AlsaOutput::SameAsInput,
+                "none" => AlsaOutput::Discard,
+                name => AlsaOutput::Device(name.to_string()),
+            },
+            channels: self.alsa.channels,
+            sample_rate: self.audio.sample_rate,
+            period: self.audio.period,
+        }
+    }
+
     /// The virtual graph's settings (its input count follows `engine.max_tracks`).
     pub fn virtual_config(&self) -> VirtualConfig {
         VirtualConfig {
@@ -303,11 +344,29 @@ impl Config {
     /// Checks every value's range; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config {key}: {why}")));
-        if !matches!(self.audio.backend.as_str(), "auto" | "jack" | "virtual") {
+        if !matches!(
+            self.audio.backend.as_str(),
+            "auto" | "jack" | "virtual" | "alsa"
+        ) {
             return bad(
                 "audio.backend",
-                "must be \"auto\", \"jack\" or \"virtual\" (PipeWire and ALSA are not in this build)",
+                "must be \"auto\", \"jack\", \"alsa\" or \"virtual\"",
             );
+        }
+        if self.alsa.device.is_empty() || self.alsa.device.contains('\0') {
+            return bad(
+                "alsa.device",
+                "must be an ALSA device name such as \"default\"",
+            );
+        }
+        if self.alsa.output_device.contains('\0') {
+            return bad(
+                "alsa.output_device",
+                "must be \"\", \"none\" or an ALSA device name",
+            );
+        }
+        if !(1..=64).contains(&self.alsa.channels) {
+            return bad("alsa.channels", "must be 1–64");
         }
         if self.jack.client_name.is_empty()
             || self.jack.client_name.len() > 48
@@ -455,5 +514,26 @@ mod tests {
         let mut config = Config::default();
         config.engine.max_tracks = 0;
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.alsa.channels = 0;
+        assert!(config.validate().unwrap_err().0.contains("alsa.channels"));
+    }
+
+    #[test]
+    fn alsa_output_device_words() {
+        let mut config: Config =
+            toml::from_str("[audio]\nbackend = \"alsa\"\n[alsa]\ndevice = \"hw:1\"\n").unwrap();
+        config.validate().unwrap();
+        let settings = config.alsa_settings();
+        assert_eq!(settings.device, "hw:1");
+        assert_eq!(settings.output, AlsaOutput::SameAsInput);
+        assert_eq!((settings.channels, settings.sample_rate), (2, 48_000));
+        config.alsa.output_device = "none".into();
+        assert_eq!(config.alsa_settings().output, AlsaOutput::Discard);
+        config.alsa.output_device = "plughw:0".into();
+        assert_eq!(
+            config.alsa_settings().output,
+            AlsaOutput::Device("plughw:0".into())
+        );
     }
 }

@@ -2,12 +2,16 @@
 //! [`Processor::process`] once per period with their input and output buffers.
 //!
 //! - [`jack`] (feature `jack`): one JACK client shared by the active sessions, ports per track.
+//! - [`alsa`] (feature `alsa`): an ALSA capture device (and playback device) through cpal, one
+//!   stream per session; tracks take the device's channels.
 //! - [`virtual_graph`]: clock-driven tones or silence, for machines without an audio server.
 //! - [`offline`]: pull-driven, as fast as asked, for tests, benchmarks and export.
 //!
 //! [`Graph`] is the daemon-wide choice (`audio.backend`); each active session starts its own
 //! [`RunningBackend`] from it.
 
+#[cfg(feature = "alsa")]
+pub mod alsa;
 #[cfg(feature = "jack")]
 pub mod jack;
 pub mod offline;
@@ -201,6 +205,33 @@ pub struct JackSettings {
     pub direct_outs: bool,
 }
 
+/// Where the ALSA backend sends the master (`alsa.output_device`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlsaOutput {
+    /// The capture device, when it also plays (left out of the config): without it, the master
+    /// is discarded.
+    SameAsInput,
+    /// This playback device; failing to open it is an error.
+    Device(String),
+    /// No playback: the master is metered and discarded (`"none"`).
+    Discard,
+}
+
+/// The settings of the ALSA backend (`[alsa]`, and the rate and period of `[audio]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlsaSettings {
+    /// The capture device's ALSA name (`default`, `hw:CARD=USB,DEV=0`, `plughw:1,0`, …).
+    pub device: String,
+    /// Where the master goes.
+    pub output: AlsaOutput,
+    /// Channels captured from the device.
+    pub channels: u16,
+    /// Frames per second asked of the device (sessions record at it).
+    pub sample_rate: u32,
+    /// Frames per period asked of the device (it may choose another).
+    pub period: u32,
+}
+
 /// The audio graph the daemon runs on, chosen once at start (`audio.backend`).
 pub enum Graph {
     /// The built-in clock-driven graph.
@@ -208,56 +239,88 @@ pub enum Graph {
     /// The shared JACK client.
     #[cfg(feature = "jack")]
     Jack(Arc<jack::JackGraph>),
+    /// An ALSA device through cpal.
+    #[cfg(feature = "alsa")]
+    Alsa(alsa::AlsaGraph),
 }
 
 impl Graph {
-    /// Chooses the graph for `backend` (`auto`, `jack` or `virtual`): `auto` takes JACK when a
-    /// server answers, else the virtual graph, and logs why. `jack` fails when no server answers.
+    /// Chooses the graph for `backend` (`auto`, `jack`, `alsa` or `virtual`): `auto` takes the
+    /// first that works of JACK (a server answers), ALSA (the configured device opens) and the
+    /// virtual graph, and logs why each was skipped. `jack` and `alsa` fail when theirs does not.
     pub fn choose(
         backend: &str,
         virtual_config: VirtualConfig,
         jack: &JackSettings,
+        alsa: &AlsaSettings,
     ) -> Result<Graph, BackendError> {
-        #[cfg(not(feature = "jack"))]
-        let _ = jack;
         match backend {
             "virtual" => Ok(Graph::Virtual(virtual_config)),
             #[cfg(feature = "jack")]
             "jack" => Ok(Graph::Jack(Arc::new(jack::JackGraph::open(jack)?))),
-            #[cfg(feature = "jack")]
-            "auto" => match jack::JackGraph::open(jack) {
-                Ok(graph) => {
-                    tracing::info!(
-                        client = graph.client_name(),
-                        rate = graph.sample_rate(),
-                        "backend auto: a JACK server answers; using JACK"
-                    );
-                    Ok(Graph::Jack(Arc::new(graph)))
-                }
-                Err(e) => {
-                    tracing::info!("backend auto: {e}; using the virtual graph");
-                    Ok(Graph::Virtual(virtual_config))
-                }
-            },
-            #[cfg(not(feature = "jack"))]
-            "auto" => {
-                tracing::info!(
-                    "backend auto: this build has no JACK support; using the virtual graph"
-                );
-                Ok(Graph::Virtual(virtual_config))
-            }
+            #[cfg(feature = "alsa")]
+            "alsa" => Ok(Graph::Alsa(alsa::AlsaGraph::open(alsa)?)),
+            "auto" => Ok(Graph::auto(virtual_config, jack, alsa)),
             other => Err(BackendError::failed(format!(
-                "backend {other:?} is not available in this build (auto, jack or virtual)"
+                "backend {other:?} is not available in this build (auto, {}virtual)",
+                <[&str]>::concat(&[
+                    #[cfg(feature = "jack")]
+                    "jack, ",
+                    #[cfg(feature = "alsa")]
+                    "alsa, ",
+                ])
             ))),
         }
     }
 
-    /// `virtual` or `jack`.
+    /// `auto`: JACK, then ALSA, then the virtual graph, logging why each was skipped.
+    fn auto(virtual_config: VirtualConfig, jack: &JackSettings, alsa: &AlsaSettings) -> Graph {
+        #[cfg(feature = "jack")]
+        match jack::JackGraph::open(jack) {
+            Ok(graph) => {
+                tracing::info!(
+                    client = graph.client_name(),
+                    rate = graph.sample_rate(),
+                    "backend auto: a JACK server answers; using JACK"
+                );
+                return Graph::Jack(Arc::new(graph));
+            }
+            Err(e) => tracing::info!("backend auto: {e}; not using JACK"),
+        }
+        #[cfg(not(feature = "jack"))]
+        {
+            let _ = jack;
+            tracing::info!("backend auto: this build has no JACK support");
+        }
+        #[cfg(feature = "alsa")]
+        match alsa::AlsaGraph::open(alsa) {
+            Ok(graph) => {
+                tracing::info!(
+                    device = alsa.device,
+                    rate = graph.sample_rate(),
+                    "backend auto: the ALSA device opens; using ALSA"
+                );
+                return Graph::Alsa(graph);
+            }
+            Err(e) => tracing::info!("backend auto: {e}; not using ALSA"),
+        }
+        #[cfg(not(feature = "alsa"))]
+        {
+            let _ = alsa;
+            tracing::info!("backend auto: this build has no ALSA support");
+        }
+        tracing::info!("backend auto: using the virtual graph");
+        Graph::Virtual(virtual_config)
+    }
+
+    /// `virtual`, `jack` or `alsa`.
     pub fn name(&self) -> &'static str {
         match self {
             Graph::Virtual(_) => "virtual",
             #[cfg(feature = "jack")]
             Graph::Jack(_) => "jack",
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(_) => "alsa",
         }
     }
 
@@ -267,6 +330,8 @@ impl Graph {
             Graph::Virtual(config) => config.sample_rate,
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.sample_rate(),
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(graph) => graph.sample_rate(),
         }
     }
 
@@ -276,6 +341,8 @@ impl Graph {
             Graph::Virtual(config) => config.period,
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.period(),
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(graph) => graph.period(),
         }
     }
 
@@ -285,6 +352,8 @@ impl Graph {
             Graph::Virtual(config) => virtual_devices(config),
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.devices(),
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(graph) => graph.devices(),
         }
     }
 
@@ -296,6 +365,8 @@ impl Graph {
             }
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.check_input(input, channels),
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(graph) => graph.check_input(input, channels),
         }
     }
 
@@ -306,10 +377,13 @@ impl Graph {
             Graph::Virtual(_) => format!("Virtual Input {index}"),
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.default_input(index, channels),
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(graph) => graph.default_input(index, channels),
         }
     }
 
-    /// Starts a session's audio: its own virtual thread, or a node on the shared JACK client.
+    /// Starts a session's audio: its own virtual thread, a node on the shared JACK client, or
+    /// its own ALSA streams.
     pub fn start(
         &self,
         session_name: &str,
@@ -333,12 +407,16 @@ impl Graph {
             }
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.attach(session_name, sample_rate, max_tracks, processor),
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(graph) => graph.start(sample_rate, processor),
         }
     }
 }
 
-/// Resolves an input word against a device list (the virtual graph's): `none`, a device name
-/// (its first channels) or `Device:N` (1-based channel). Returns the engine channels.
+/// Resolves an input word against a device list (the virtual graph's, ALSA's): `none`, a
+/// device name (its first channels) or `Device:N` (1-based channel). A whole word that names a
+/// device is that device, so ALSA names such as `hw:1` are not read as channel 1 of `hw`.
+/// Returns the engine channels.
 pub fn resolve_input(
     devices: &[DeviceInfo],
     input: &str,
@@ -347,8 +425,11 @@ pub fn resolve_input(
     if input == "none" || input.is_empty() {
         return Ok([NO_INPUT, NO_INPUT]);
     }
+    let whole = devices
+        .iter()
+        .any(|d| matches!(d.direction, Direction::Input) && d.name == input);
     let (name, channel) = match input.rsplit_once(':') {
-        Some((name, n)) if n.parse::<u16>().is_ok() => (name, n.parse::<u16>().ok()),
+        Some((name, n)) if !whole && n.parse::<u16>().is_ok() => (name, n.parse::<u16>().ok()),
         _ => (input, None),
     };
     let unknown = || {

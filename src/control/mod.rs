@@ -272,6 +272,7 @@ impl Control {
             &config.audio.backend,
             config.virtual_config(),
             &config.jack_settings(),
+            &config.alsa_settings(),
         )
         .map_err(|e| ControlError::backend(e.message))?;
         let (events, _) = broadcast::channel(1024);

@@ -72,6 +72,8 @@ pub struct Settings {
     pub jack_server: Option<String>,
     /// More TOML appended to the config file (whole sections).
     pub extra_config: String,
+    /// Extra environment of the daemon (e.g. `HOME` for an `.asoundrc`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Settings {
@@ -85,6 +87,7 @@ impl Default for Settings {
             backend: "virtual",
             jack_server: None,
             extra_config: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -170,6 +173,7 @@ impl Daemon {
             Some(name) => command.env("JACK_DEFAULT_SERVER", name),
             None => command.env_remove("JACK_DEFAULT_SERVER"),
         };
+        command.envs(settings.env.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().unwrap();
         Daemon {
             child: Some(child),
