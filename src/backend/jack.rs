@@ -800,7 +800,9 @@ fn connect(
     let (command_tx, command_rx) = rtrb::RingBuffer::new(QUEUE);
     let (retired_tx, retired_rx) = rtrb::RingBuffer::new(QUEUE);
     let signals = Arc::new(GraphSignals::default());
-    signals.period.store(client.buffer_size(), Ordering::Relaxed);
+    signals
+        .period
+        .store(client.buffer_size(), Ordering::Relaxed);
     let process = GraphProcess {
         nodes: (0..MAX_NODES).map(|_| None).collect(),
         commands: command_rx,
