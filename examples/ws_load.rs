@@ -60,6 +60,10 @@ struct Args {
     /// HTTP requests in all (beyond one warm-up request per connection).
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
+    /// Requests per second, all connections together, of the paced HTTP phase (each
+    /// connection sends on a fixed schedule; latency counts from the scheduled time).
+    #[arg(long, default_value_t = 2_000.0)]
+    paced_rate: f64,
 }
 
 #[tokio::main]
@@ -73,7 +77,8 @@ async fn main() -> Result<(), Error> {
         .await?;
     let ws = websocket_phase(&args, &session, &proc).await?;
     let ws_rss_max = ws["rssMaxKiB"].as_u64().unwrap_or(0);
-    let http = http_phase(&args, &session).await?;
+    let http = http_phase(&args, &session, None).await?;
+    let paced = http_phase(&args, &session, Some(args.paced_rate)).await?;
 
     let mut stop = HttpConn::connect(args.addr).await?;
     let (status, _) = stop
@@ -95,6 +100,7 @@ async fn main() -> Result<(), Error> {
         },
         "websocket": ws,
         "http": http,
+        "httpPaced": paced,
         // The kernel updates VmHWM lazily: it may lag the RSS sampled once a second.
         "peakRssKiB": proc.status_kib("VmHWM")?.max(idle.rss_max_kib).max(ws_rss_max),
     });
@@ -233,12 +239,22 @@ async fn ws_client(
     Ok(received)
 }
 
-async fn http_phase(args: &Args, session: &str) -> Result<Value, Error> {
+/// `GET /session/:id` from `args.concurrency` keep-alive connections, `args.requests` in all:
+/// back to back (closed loop: each connection sends when answered, so the latency is bound by
+/// the throughput), or `paced` at that many requests per second in all (open loop: each
+/// connection keeps its schedule, and a late answer counts from when the request was due).
+async fn http_phase(args: &Args, session: &str, paced: Option<f64>) -> Result<Value, Error> {
+    let interval =
+        paced.map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate.max(1.0)));
     let path: Arc<str> = format!("/api/v1/multitrack/session/{session}").into();
     let next = Arc::new(AtomicUsize::new(0));
     let ready = Arc::new(Barrier::new(args.concurrency + 1));
     let mut workers = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
+    for worker in 0..args.concurrency {
+        // Paced connections start spread over one interval, not all at once.
+        let offset = interval.map_or(Duration::ZERO, |i| {
+            i * worker as u32 / args.concurrency as u32
+        });
         let (addr, path, next, ready, total) = (
             args.addr,
             path.clone(),
@@ -258,8 +274,17 @@ async fn http_phase(args: &Args, session: &str) -> Result<Value, Error> {
             ready.wait().await;
             let mut conn = warm?;
             let mut latencies = Vec::new();
+            let mut due = Instant::now() + offset;
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                let sent = Instant::now();
+                let sent = match interval {
+                    Some(interval) => {
+                        tokio::time::sleep_until(due.into()).await;
+                        let sent = due;
+                        due += interval;
+                        sent
+                    }
+                    None => Instant::now(),
+                };
                 conn.expect_ok("GET", &path).await?;
                 latencies.push(sent.elapsed());
             }
@@ -281,6 +306,7 @@ async fn http_phase(args: &Args, session: &str) -> Result<Value, Error> {
     Ok(json!({
         "path": "/api/v1/multitrack/session/:id",
         "concurrency": args.concurrency,
+        "pacedRate": paced,
         "requests": latencies.len(),
         "requestsPerSecond": round2(latencies.len() as f64 / elapsed),
         "latencyMs": {"p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "max": ms(1.0)},
