@@ -41,6 +41,8 @@ const CHUNK_FRAMES: usize = 2048;
 const QUEUE: usize = 1024;
 /// How often a lost server is looked for.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the graph's thread does its housekeeping (retired ports, server loss and return).
+const SERVICE_INTERVAL: Duration = Duration::from_millis(20);
 /// How long detaching a node may wait for the process callback to hand it back.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
 /// JACK's type name for audio ports.
@@ -76,7 +78,8 @@ struct Node {
     processor: Processor,
     inputs: PlanarInputs,
     tracks: Box<[Option<Box<TrackPorts>>]>,
-    master: [jack::Port<AudioOut>; 2],
+    /// `None` while the node waits for a server (its ports died with the last one).
+    master: Option<[jack::Port<AudioOut>; 2]>,
 }
 
 impl Node {
@@ -90,7 +93,9 @@ impl Node {
             tracks,
             master,
         } = self;
-        let [left_port, right_port] = master;
+        let Some([left_port, right_port]) = master else {
+            return;
+        };
         let left = left_port.as_mut_slice(scope);
         let right = right_port.as_mut_slice(scope);
         // Direct outputs start silent: a track installed in the processor after its ports
@@ -258,8 +263,11 @@ struct GraphSignals {
     lost: AtomicBool,
     /// Xruns reported by the server since the client opened.
     xruns: AtomicU64,
-    /// Full names of ports whose connections changed, for control to re-read.
-    touched: Mutex<Vec<String>>,
+    /// Full names of overdub's ports whose connections changed, and when, for control to
+    /// re-read once they settle.
+    touched: Mutex<Vec<(String, Instant)>>,
+    /// Full names of other programs' ports registered since the last housekeeping.
+    appeared: Mutex<Vec<String>>,
     /// Kernel thread ids of the threads JACK started for the client (notifications, process).
     threads: Mutex<Vec<i32>>,
     /// Frames per period, as the server last announced.
@@ -272,6 +280,7 @@ impl Default for GraphSignals {
             lost: AtomicBool::new(false),
             xruns: AtomicU64::new(0),
             touched: Mutex::new(Vec::new()),
+            appeared: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             period: AtomicU32::new(0),
         }
@@ -304,11 +313,25 @@ impl jack::NotificationHandler for GraphNotifications {
     /// Notes which of overdub's own ports changed connections, for control to re-read.
     fn ports_connected(&mut self, client: &Client, a: PortId, b: PortId, _connected: bool) {
         let mut touched = lock(&self.signals.touched);
+        let now = Instant::now();
         for port in [a, b].into_iter().filter_map(|id| client.port_by_id(id)) {
             if let (true, Ok(name)) = (client.is_mine(&port), port.name()) {
-                if !touched.contains(&name) {
-                    touched.push(name);
+                match touched.iter_mut().find(|(n, _)| *n == name) {
+                    Some(entry) => entry.1 = now,
+                    None => touched.push((name, now)),
                 }
+            }
+        }
+    }
+
+    /// Notes other programs' new ports: a track waiting for one connects to it.
+    fn port_registration(&mut self, client: &Client, id: PortId, registered: bool) {
+        if !registered {
+            return;
+        }
+        if let Some(port) = client.port_by_id(id) {
+            if let (false, Ok(name)) = (client.is_mine(&port), port.name()) {
+                lock(&self.signals.appeared).push(name);
             }
         }
     }
@@ -317,10 +340,13 @@ impl jack::NotificationHandler for GraphNotifications {
 /// What control knows about one track's ports.
 #[derive(Clone, Debug)]
 struct TrackMeta {
-    name: String,
+    /// The track part of its port names, unique in the node (the name's slug, made unique).
+    base: String,
     channels: u8,
     /// The input word last routed (restored when the server returns).
     input: String,
+    /// Its ports' connections changed: the session re-reads them at its next poll.
+    dirty: bool,
     /// Full names of the input ports (one per channel), empty while the server is gone.
     ports: Vec<String>,
 }
@@ -334,6 +360,8 @@ struct NodeMeta {
     /// Server losses and returns this session has not polled yet.
     lost_pending: bool,
     restored_pending: bool,
+    /// The node was rescued from a lost client and waits to be attached to the next one.
+    awaiting_attach: bool,
     /// Xruns already added to the session's counters.
     xruns_seen: u64,
     /// The server transport as this session last saw it (rolling, frame), when following.
@@ -383,9 +411,10 @@ fn jack_error(what: &str, e: jack::Error) -> BackendError {
 
 impl JackGraph {
     /// Opens and activates the client `client_name` on the server named by
-    /// `$JACK_DEFAULT_SERVER` (or the default one). Fails quickly when no server answers; never
-    /// starts a server.
-    pub fn open(settings: &JackSettings) -> Result<JackGraph, BackendError> {
+    /// `$JACK_DEFAULT_SERVER` (or the default one), and starts the graph's housekeeping thread
+    /// (`overdub-jack`, [`SERVICE_INTERVAL`]; it ends with the graph). Fails quickly when no
+    /// server answers; never starts a server.
+    pub fn open(settings: &JackSettings) -> Result<Arc<JackGraph>, BackendError> {
         let (rescue_tx, rescue_rx) = mpsc::channel();
         let connection = connect(&settings.client_name, &rescue_tx)?;
         let sample_rate = connection.client.as_client().sample_rate();
@@ -395,7 +424,7 @@ impl JackGraph {
         let _ = std::thread::Builder::new()
             .name("overdub-jack-rt".into())
             .spawn(move || log_scheduling(&signals));
-        Ok(JackGraph {
+        let graph = Arc::new(JackGraph {
             client_name,
             transport: settings.transport,
             direct_outs: settings.direct_outs,
@@ -409,7 +438,19 @@ impl JackGraph {
                 last_attempt: Instant::now(),
                 abandoned: Vec::new(),
             }),
-        })
+        });
+        let weak = Arc::downgrade(&graph);
+        std::thread::Builder::new()
+            .name("overdub-jack".into())
+            .spawn(move || {
+                while let Some(graph) = weak.upgrade() {
+                    graph.service(&mut lock(&graph.state));
+                    drop(graph);
+                    std::thread::sleep(SERVICE_INTERVAL);
+                }
+            })
+            .map_err(|e| BackendError::failed(format!("cannot start the JACK thread: {e}")))?;
+        Ok(graph)
     }
 
     /// The client's name as JACK registered it.
@@ -556,7 +597,6 @@ impl JackGraph {
             )));
         }
         let mut state = lock(&self.state);
-        self.service(&mut state);
         let Some(index) = (0..MAX_NODES).find(|&i| {
             state.nodes[i].is_none() && state.parked[i].is_none() && !state.abandoned.contains(&i)
         }) else {
@@ -580,7 +620,7 @@ impl JackGraph {
             .connection
             .as_mut()
             .ok_or_else(|| BackendError::failed("the JACK server is gone"))?;
-        let master = register_master(connection.client.as_client(), &prefix)?;
+        let master = Some(register_master(connection.client.as_client(), &prefix)?);
         let node = Box::new(Node {
             processor,
             inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
@@ -604,68 +644,88 @@ impl JackGraph {
             tracks: BTreeMap::new(),
             lost_pending: false,
             restored_pending: false,
+            awaiting_attach: false,
             xruns_seen,
             transport_seen,
         });
         Ok(Box::new(JackSession {
             graph: Arc::clone(self),
             index,
+            stopped: false,
         }))
     }
 
-    /// Housekeeping, called with the state locked by every session poll: unregisters retired
-    /// ports, notices a lost server and parks the rescued nodes, and looks for a lost server.
+    /// Housekeeping, run every [`SERVICE_INTERVAL`] by the graph's own thread (never on the
+    /// control runtime: reconnecting blocks on the server): unregisters retired ports, notices
+    /// a lost server and parks the rescued nodes, looks for the server when it is gone, and
+    /// attaches the parked nodes to it when it is back.
     fn service(&self, state: &mut GraphState) {
-        if let Some(connection) = state.connection.as_mut() {
-            while let Ok(retired) = connection.retired.pop() {
-                match retired {
-                    Retired::Track(ports) => {
-                        unregister_track(connection.client.as_client(), *ports);
-                    }
-                    Retired::Node { index, node } => {
-                        if let Some(at) = state.abandoned.iter().position(|&i| i == index) {
-                            state.abandoned.remove(at);
-                            unregister_node(connection.client.as_client(), *node);
-                        } else if let Some(cell) = state.parked.get_mut(index) {
-                            *cell = Some(node);
-                        }
-                    }
-                }
-            }
-            if connection.signals.lost.load(Ordering::Acquire) {
-                tracing::error!("the JACK server went away; closing takes and waiting for it");
-                let connection = state.connection.take();
-                // Deactivating a dead client may fail; either way the process handler is
-                // dropped here and hands its nodes over through the rescue channel.
-                drop(connection.map(|c| c.client.deactivate()));
-                while let Ok((index, node)) = state.rescue_rx.try_recv() {
-                    if let Some(cell) = state.parked.get_mut(index) {
-                        *cell = Some(node);
-                    }
-                }
-                for meta in state.nodes.iter_mut().flatten() {
-                    meta.lost_pending = true;
-                    meta.restored_pending = false;
-                    for track in meta.tracks.values_mut() {
-                        track.ports.clear();
-                    }
-                }
-                state.last_attempt = Instant::now();
+        collect_retired(state);
+        mark_touched(state);
+        connect_appeared(state);
+        let lost = state
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.signals.lost.load(Ordering::Acquire));
+        if lost {
+            self.park_all(state);
+            return;
+        }
+        if state.connection.is_none() {
+            if state.last_attempt.elapsed() < RECONNECT_INTERVAL {
                 return;
             }
-        }
-        if state.connection.is_none() && state.last_attempt.elapsed() >= RECONNECT_INTERVAL {
             state.last_attempt = Instant::now();
             self.reconnect(state);
         }
+        if state.connection.is_some() {
+            for index in 0..MAX_NODES {
+                let waiting = state.nodes[index]
+                    .as_ref()
+                    .is_some_and(|meta| meta.awaiting_attach);
+                if waiting && state.parked[index].is_some() {
+                    self.reattach(state, index);
+                }
+            }
+        }
     }
 
-    /// Opens a new client, registers every parked node's ports again, re-attaches the nodes
-    /// and restores their connections.
+    /// The server went away: takes the nodes back from the dead client, drops the ports they
+    /// held (they belong to that client) and the nodes no session waits for any more.
+    fn park_all(&self, state: &mut GraphState) {
+        tracing::error!("the JACK server went away; closing takes and waiting for it");
+        let connection = state.connection.take();
+        // Deactivating a dead client may fail; either way the process handler is dropped here
+        // and hands its nodes over through the rescue channel.
+        drop(connection.map(|c| c.client.deactivate()));
+        while let Ok((index, mut node)) = state.rescue_rx.try_recv() {
+            if let Some(at) = state.abandoned.iter().position(|&i| i == index) {
+                state.abandoned.remove(at);
+                continue;
+            }
+            for ports in node.tracks.iter_mut() {
+                *ports = None;
+            }
+            node.master = None;
+            if let Some(cell) = state.parked.get_mut(index) {
+                *cell = Some(node);
+            }
+        }
+        for meta in state.nodes.iter_mut().flatten() {
+            meta.lost_pending = true;
+            meta.restored_pending = false;
+            meta.awaiting_attach = true;
+            for track in meta.tracks.values_mut() {
+                track.ports.clear();
+            }
+        }
+        state.last_attempt = Instant::now();
+    }
+
+    /// Opens a new client when a server at the sessions' rate answers.
     fn reconnect(&self, state: &mut GraphState) {
-        let connection = match connect(&self.client_name, &state.rescue_tx) {
-            Ok(connection) => connection,
-            Err(_) => return,
+        let Ok(connection) = connect(&self.client_name, &state.rescue_tx) else {
+            return;
         };
         let rate = connection.client.as_client().sample_rate();
         if rate != self.sample_rate {
@@ -675,67 +735,72 @@ impl JackGraph {
             );
             return;
         }
-        tracing::info!("the JACK server is back; restoring ports and connections");
-        let mut connection = connection;
         let client_name = connection.client.as_client().name().to_string();
+        tracing::info!(client = %client_name, "the JACK server is back; restoring ports and connections");
         if client_name != self.client_name {
             tracing::warn!(
                 "JACK named the client {client_name:?} this time (another client holds {:?})",
                 self.client_name
             );
         }
-        for index in 0..MAX_NODES {
-            let (Some(meta), Some(mut node)) =
-                (state.nodes[index].as_mut(), state.parked[index].take())
-            else {
-                continue;
-            };
-            let client = connection.client.as_client();
-            match register_master(client, &meta.prefix) {
-                Ok(master) => node.master = master,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    state.parked[index] = Some(node);
-                    continue;
-                }
-            }
-            for (&slot, track) in meta.tracks.iter_mut() {
-                let ports = register_track(
-                    client,
-                    &meta.prefix,
-                    &track.name,
-                    track.channels,
-                    self.direct_outs,
-                );
-                match ports {
-                    Ok(ports) => {
-                        track.ports = port_names(&ports);
-                        if let Some(cell) = node.tracks.get_mut(slot) {
-                            *cell = Some(Box::new(ports));
-                        }
-                    }
-                    Err(e) => tracing::error!("{e}"),
-                }
-            }
-            let tracks: Vec<TrackMeta> = meta.tracks.values().cloned().collect();
-            if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
-                .commands
-                .push(GraphCommand::Attach { index, node })
-            {
-                state.parked[index] = Some(node);
-                continue;
-            }
-            for track in tracks {
-                if let Err(e) = connect_input(client, &track.ports, &track.input) {
-                    tracing::warn!("restoring the input of track {:?}: {e}", track.name);
-                }
-            }
-            meta.lost_pending = false;
-            meta.restored_pending = true;
-            meta.xruns_seen = 0;
-        }
-        connection.signals.xruns.store(0, Ordering::Relaxed);
         state.connection = Some(connection);
+    }
+
+    /// Registers a parked node's ports on the live client, attaches it and restores its
+    /// connections; on failure the node stays parked and the next service tries again.
+    fn reattach(&self, state: &mut GraphState, index: usize) {
+        let (Some(connection), Some(meta), Some(mut node)) = (
+            state.connection.as_mut(),
+            state.nodes[index].as_mut(),
+            state.parked[index].take(),
+        ) else {
+            return;
+        };
+        let client = connection.client.as_client();
+        match register_master(client, &meta.prefix) {
+            Ok(master) => node.master = Some(master),
+            Err(e) => {
+                tracing::error!("{e}");
+                state.parked[index] = Some(node);
+                return;
+            }
+        }
+        for (&slot, track) in meta.tracks.iter_mut() {
+            match register_track(
+                client,
+                &meta.prefix,
+                &track.base,
+                track.channels,
+                self.direct_outs,
+            ) {
+                Ok(ports) => {
+                    track.ports = port_names(&ports);
+                    if let Some(cell) = node.tracks.get_mut(slot) {
+                        *cell = Some(Box::new(ports));
+                    }
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        if let Err(rtrb::PushError::Full(GraphCommand::Attach { mut node, .. })) = connection
+            .commands
+            .push(GraphCommand::Attach { index, node })
+        {
+            // Give the ports back and try again at the next service.
+            unregister_ports(client, &mut node);
+            state.parked[index] = Some(node);
+            return;
+        }
+        for track in meta.tracks.values() {
+            if let Err(e) = connect_input(client, &track.ports, &track.input) {
+                tracing::warn!("restoring the input of {:?}: {e}", track.base);
+            }
+        }
+        meta.awaiting_attach = false;
+        meta.lost_pending = false;
+        meta.restored_pending = true;
+        meta.xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
+        meta.transport_seen = None;
     }
 }
 
@@ -787,6 +852,91 @@ fn transport_change(seen: Option<(bool, u64)>, now: (bool, u64)) -> Option<Backe
         (true, false) => Some(BackendEvent::TransportStopped),
         (false, false) if now.1 != was_at => Some(BackendEvent::TransportLocated { frame: now.1 }),
         _ => None,
+    }
+}
+
+/// How long a changed connection settles before it is read: a program that quits disconnects
+/// its ports a moment before they disappear, and a source that disappeared is kept (see
+/// [`read_input`]).
+const TOUCH_SETTLE: Duration = Duration::from_millis(100);
+
+/// Marks the tracks whose ports' connections changed (and have settled) for their sessions
+/// to re-read.
+fn mark_touched(state: &mut GraphState) {
+    let Some(connection) = state.connection.as_ref() else {
+        return;
+    };
+    let settled: Vec<String> = {
+        let mut touched = lock(&connection.signals.touched);
+        let (ready, waiting): (Vec<_>, Vec<_>) = touched
+            .drain(..)
+            .partition(|(_, at)| at.elapsed() >= TOUCH_SETTLE);
+        *touched = waiting;
+        ready.into_iter().map(|(name, _)| name).collect()
+    };
+    if settled.is_empty() {
+        return;
+    }
+    for track in state
+        .nodes
+        .iter_mut()
+        .flatten()
+        .flat_map(|meta| meta.tracks.values_mut())
+    {
+        if track.ports.iter().any(|p| settled.contains(p)) {
+            track.dirty = true;
+        }
+    }
+}
+
+/// Connects the tracks that wait for a port that has just appeared (a program started again).
+fn connect_appeared(state: &mut GraphState) {
+    let Some(connection) = state.connection.as_ref() else {
+        return;
+    };
+    let appeared: Vec<String> = std::mem::take(&mut *lock(&connection.signals.appeared));
+    if appeared.is_empty() {
+        return;
+    }
+    let client = connection.client.as_client();
+    for track in state
+        .nodes
+        .iter()
+        .flatten()
+        .flat_map(|meta| meta.tracks.values())
+    {
+        let wanted = parse_input(&track.input, u8::try_from(track.ports.len()).unwrap_or(2))
+            .unwrap_or_default();
+        if wanted
+            .iter()
+            .flatten()
+            .any(|source| appeared.contains(source))
+        {
+            if let Err(e) = connect_input(client, &track.ports, &track.input) {
+                tracing::warn!("reconnecting {:?}: {e}", track.base);
+            }
+        }
+    }
+}
+
+/// Takes what the process callback handed back: unregisters retired ports, parks detached
+/// nodes, and frees the nodes no session waits for.
+fn collect_retired(state: &mut GraphState) {
+    let Some(connection) = state.connection.as_mut() else {
+        return;
+    };
+    while let Ok(retired) = connection.retired.pop() {
+        match retired {
+            Retired::Track(ports) => unregister_track(connection.client.as_client(), *ports),
+            Retired::Node { index, node } => {
+                if let Some(at) = state.abandoned.iter().position(|&i| i == index) {
+                    state.abandoned.remove(at);
+                    unregister_node(connection.client.as_client(), *node);
+                } else if let Some(cell) = state.parked.get_mut(index) {
+                    *cell = Some(node);
+                }
+            }
+        }
     }
 }
 
@@ -857,9 +1007,31 @@ fn register_master(
     Ok([left, right])
 }
 
-/// Short port names of a track: `<session>.<track>.in`, or `.in_L` and `.in_R` for stereo.
+/// The track part of a track's port names: its name's slug, or, when another track of the node
+/// has that already (names that differ only in case or in letters the slug drops), the slug
+/// followed by the track's number.
+fn unique_base(meta: &NodeMeta, slot: usize, name: &str) -> String {
+    let mut slug = crate::control::validate::slug(name);
+    if slug.is_empty() {
+        slug = "track".into();
+    }
+    let taken = |base: &str| {
+        meta.tracks
+            .iter()
+            .any(|(&other, track)| other != slot && track.base == base)
+    };
+    let mut base = slug.clone();
+    let mut n = slot + 1;
+    while taken(&base) {
+        base = format!("{slug}-{n}");
+        n += 100;
+    }
+    base
+}
+
+/// Short port names of a track (`base` from [`unique_base`]): `<session>.<base>.in`, or
+/// `.in_L` and `.in_R` for stereo.
 fn track_port_names(prefix: &str, track: &str, channels: u8) -> Vec<String> {
-    let track = crate::control::validate::slug(track);
     if channels >= 2 {
         vec![
             format!("{prefix}.{track}.in_L"),
@@ -870,9 +1042,8 @@ fn track_port_names(prefix: &str, track: &str, channels: u8) -> Vec<String> {
     }
 }
 
-/// Short names of a track's direct outputs: `<session>.<track>.out_L` and `.out_R`.
+/// Short names of a track's direct outputs: `<session>.<base>.out_L` and `.out_R`.
 fn track_out_names(prefix: &str, track: &str) -> [String; 2] {
-    let track = crate::control::validate::slug(track);
     [
         format!("{prefix}.{track}.out_L"),
         format!("{prefix}.{track}.out_R"),
@@ -933,14 +1104,20 @@ fn unregister_track(client: &Client, ports: TrackPorts) {
     }
 }
 
-fn unregister_node(client: &Client, node: Node) {
-    let Node { tracks, master, .. } = node;
-    for ports in tracks.into_vec().into_iter().flatten() {
-        unregister_track(client, *ports);
+/// Unregisters every port of a node that is out of the process callback, leaving it portless.
+fn unregister_ports(client: &Client, node: &mut Node) {
+    for ports in node.tracks.iter_mut() {
+        if let Some(ports) = ports.take() {
+            unregister_track(client, *ports);
+        }
     }
-    for port in master {
+    for port in node.master.take().into_iter().flatten() {
         let _ = client.unregister_port(port);
     }
+}
+
+fn unregister_node(client: &Client, mut node: Node) {
+    unregister_ports(client, &mut node);
 }
 
 /// Splits an input word into one group of source ports per channel.
@@ -972,14 +1149,25 @@ fn parse_input(input: &str, channels: u8) -> Result<Vec<Vec<String>>, BackendErr
 }
 
 /// The input word of a track's ports as JACK has them connected now.
-fn read_input(client: &Client, ports: &[String]) -> String {
+///
+/// Sources of the `stored` word whose ports do not exist now (their program quit, or has not
+/// started yet) stay in it: a disconnection because a port went away is not the user's, and
+/// the connection is made again when the port returns.
+fn read_input(client: &Client, ports: &[String], stored: &str) -> String {
+    let stored = parse_input(stored, u8::try_from(ports.len()).unwrap_or(2)).unwrap_or_default();
     let groups: Vec<String> = ports
         .iter()
-        .map(|name| {
+        .enumerate()
+        .map(|(channel, name)| {
             let mut sources = client
                 .port_by_name(name)
                 .map(|port| port.get_connections())
                 .unwrap_or_default();
+            for missing in stored.get(channel).into_iter().flatten() {
+                if client.port_by_name(missing).is_none() && !sources.contains(missing) {
+                    sources.push(missing.clone());
+                }
+            }
             sources.sort();
             sources.join("+")
         })
@@ -991,9 +1179,12 @@ fn read_input(client: &Client, ports: &[String]) -> String {
     }
 }
 
-/// Makes the connections of `ports` exactly those of `input`.
+/// Makes the connections of `ports` those of `input`: connects every source that exists (and
+/// is not connected yet) and disconnects what the word does not name. Sources that do not exist
+/// now are reported in the error after everything else is done.
 fn connect_input(client: &Client, ports: &[String], input: &str) -> Result<(), BackendError> {
     let groups = parse_input(input, u8::try_from(ports.len()).unwrap_or(2))?;
+    let mut failed = Vec::new();
     for (port, sources) in ports.iter().zip(&groups) {
         let current = client
             .port_by_name(port)
@@ -1003,18 +1194,46 @@ fn connect_input(client: &Client, ports: &[String], input: &str) -> Result<(), B
             let _ = client.disconnect_ports_by_name(old, port);
         }
         for source in sources.iter().filter(|s| !current.contains(s)) {
-            client
-                .connect_ports_by_name(source, port)
-                .map_err(|e| jack_error(&format!("cannot connect {source} to {port}"), e))?;
+            if let Err(e) = client.connect_ports_by_name(source, port) {
+                failed.push(format!("{source} → {port} ({e})"));
+            }
         }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(BackendError::failed(format!(
+            "cannot connect {}",
+            failed.join(", ")
+        )))
+    }
 }
 
 /// One session's handle on the shared graph.
 struct JackSession {
     graph: Arc<JackGraph>,
     index: usize,
+    /// `stop` ran: nothing left to release.
+    stopped: bool,
+}
+
+impl Drop for JackSession {
+    /// A session dropped without `stop` (its start failed half-way) still gives its node
+    /// back: detached from the client without waiting, freed when it returns.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let index = self.index;
+        let mut state = lock(&self.graph.state);
+        state.nodes[index] = None;
+        if state.parked[index].take().is_none() {
+            if let Some(connection) = state.connection.as_mut() {
+                let _ = connection.commands.push(GraphCommand::Detach { index });
+                state.abandoned.push(index);
+            }
+        }
+    }
 }
 
 impl JackSession {
@@ -1058,6 +1277,11 @@ impl RunningBackend for JackSession {
                 .as_ref()
                 .map(|t| t.ports.clone())
                 .unwrap_or_default();
+            let base = match (&existing, state.nodes[index].as_ref()) {
+                (Some(track), _) => track.base.clone(),
+                (None, Some(meta)) => unique_base(meta, slot, name),
+                (None, None) => crate::control::validate::slug(name),
+            };
             if let Some(connection) = state.connection.as_mut() {
                 let client = connection.client.as_client();
                 let fresh = existing
@@ -1065,7 +1289,7 @@ impl RunningBackend for JackSession {
                     .is_none_or(|t| t.channels != channels || t.ports.is_empty());
                 if fresh {
                     let ports =
-                        register_track(client, &prefix, name, channels, self.graph.direct_outs)?;
+                        register_track(client, &prefix, &base, channels, self.graph.direct_outs)?;
                     ports_names = port_names(&ports);
                     if let Err(rtrb::PushError::Full(GraphCommand::SetTrack { ports, .. })) =
                         connection.commands.push(GraphCommand::SetTrack {
@@ -1080,15 +1304,20 @@ impl RunningBackend for JackSession {
                         return Err(BackendError::failed("the JACK command queue is full"));
                     }
                 }
-                connect_input(client, &ports_names, input)?;
+                // Control checked the word; a source that has gone since (a synth not started
+                // yet, when a session reopens) keeps the word, so a later restore finds it.
+                if let Err(e) = connect_input(client, &ports_names, input) {
+                    tracing::warn!("track {:?}: {e}", name);
+                }
             }
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.insert(
                     slot,
                     TrackMeta {
-                        name: name.to_string(),
+                        base,
                         channels,
                         input: input.to_string(),
+                        dirty: false,
                         ports: ports_names,
                     },
                 );
@@ -1109,11 +1338,12 @@ impl RunningBackend for JackSession {
                 return Ok(());
             };
             let prefix = meta.prefix.clone();
+            let base = unique_base(meta, slot, name);
             let Some(track) = meta.tracks.get_mut(&slot) else {
                 return Ok(());
             };
-            let old_name = std::mem::replace(&mut track.name, name.to_string());
-            let new_names = track_port_names(&prefix, name, track.channels);
+            let old_base = track.base.clone();
+            let new_names = track_port_names(&prefix, &base, track.channels);
             if let Some(connection) = state.connection.as_ref() {
                 let client = connection.client.as_client();
                 let mut renamed = Vec::new();
@@ -1128,8 +1358,8 @@ impl RunningBackend for JackSession {
                 track.ports = renamed;
                 if self.graph.direct_outs {
                     let own = format!("{}:", client.name());
-                    let old_names = track_out_names(&prefix, &old_name);
-                    for (old, new) in old_names.iter().zip(track_out_names(&prefix, name)) {
+                    let old_names = track_out_names(&prefix, &old_base);
+                    for (old, new) in old_names.iter().zip(track_out_names(&prefix, &base)) {
                         if let Some(mut port) = client.port_by_name(&format!("{own}{old}")) {
                             port.set_name(&new)
                                 .map_err(|e| jack_error(&format!("cannot rename {old:?}"), e))?;
@@ -1137,6 +1367,7 @@ impl RunningBackend for JackSession {
                     }
                 }
             }
+            track.base = base;
             Ok(())
         })
     }
@@ -1164,12 +1395,7 @@ impl RunningBackend for JackSession {
 
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
         self.with_meta(|graph, state, index| {
-            graph.service(state);
             let mut events = Vec::new();
-            let touched: Vec<String> = match state.connection.as_ref() {
-                Some(c) => std::mem::take(&mut *lock(&c.signals.touched)),
-                None => Vec::new(),
-            };
             let total_xruns = state
                 .connection
                 .as_ref()
@@ -1202,13 +1428,13 @@ impl RunningBackend for JackSession {
                     meta.transport_seen = Some(now);
                 }
             }
-            if let (Some(connection), false) = (state.connection.as_ref(), touched.is_empty()) {
+            if let Some(connection) = state.connection.as_ref() {
                 let client = connection.client.as_client();
                 for (&slot, track) in meta.tracks.iter_mut() {
-                    if !track.ports.iter().any(|p| touched.contains(p)) {
+                    if !std::mem::take(&mut track.dirty) {
                         continue;
                     }
-                    let input = read_input(client, &track.ports);
+                    let input = read_input(client, &track.ports, &track.input);
                     if input != track.input {
                         track.input = input.clone();
                         events.push(BackendEvent::InputChanged {
@@ -1217,21 +1443,23 @@ impl RunningBackend for JackSession {
                         });
                     }
                 }
-                // Ports of other sessions were touched too: hand those names back.
-                let rest: Vec<String> = touched
-                    .into_iter()
-                    .filter(|name| !meta.tracks.values().any(|t| t.ports.contains(name)))
-                    .collect();
-                if !rest.is_empty() {
-                    lock(&connection.signals.touched).extend(rest);
-                }
             }
             events
         })
     }
 
+    /// The server is there and this session's node is in the process callback.
     fn is_running(&self) -> bool {
-        self.graph.is_running()
+        let state = lock(&self.graph.state);
+        let attached = state.parked[self.index].is_none()
+            && state.nodes[self.index]
+                .as_ref()
+                .is_some_and(|meta| !meta.awaiting_attach);
+        attached
+            && state
+                .connection
+                .as_ref()
+                .is_some_and(|c| !c.signals.lost.load(Ordering::Acquire))
     }
 
     fn lead_transport(&mut self, request: TransportRequest) {
@@ -1275,11 +1503,15 @@ impl RunningBackend for JackSession {
         })
     }
 
-    fn stop(self: Box<Self>) -> Option<Processor> {
+    fn stop(mut self: Box<Self>) -> Option<Processor> {
+        self.stopped = true;
         let index = self.index;
         let deadline = Instant::now() + DETACH_TIMEOUT;
         {
             let mut state = lock(&self.graph.state);
+            if let Some(meta) = state.nodes[index].as_mut() {
+                meta.awaiting_attach = false;
+            }
             if state.parked[index].is_none() {
                 if let Some(connection) = state.connection.as_mut() {
                     let _ = connection.commands.push(GraphCommand::Detach { index });
@@ -1288,24 +1520,11 @@ impl RunningBackend for JackSession {
         }
         loop {
             let mut state = lock(&self.graph.state);
-            self.graph.service(&mut state);
-            if let Some(node) = state.parked[index].take() {
+            collect_retired(&mut state);
+            if let Some(mut node) = state.parked[index].take() {
                 state.nodes[index] = None;
                 if let Some(connection) = state.connection.as_ref() {
-                    let Node {
-                        processor,
-                        tracks,
-                        master,
-                        ..
-                    } = *node;
-                    let client = connection.client.as_client();
-                    for ports in tracks.into_vec().into_iter().flatten() {
-                        unregister_track(client, *ports);
-                    }
-                    for port in master {
-                        let _ = client.unregister_port(port);
-                    }
-                    return Some(processor);
+                    unregister_ports(connection.client.as_client(), &mut node);
                 }
                 return Some(node.processor);
             }

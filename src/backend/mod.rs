@@ -257,7 +257,7 @@ impl Graph {
         match backend {
             "virtual" => Ok(Graph::Virtual(virtual_config)),
             #[cfg(feature = "jack")]
-            "jack" => Ok(Graph::Jack(Arc::new(jack::JackGraph::open(jack)?))),
+            "jack" => Ok(Graph::Jack(jack::JackGraph::open(jack)?)),
             #[cfg(feature = "alsa")]
             "alsa" => Ok(Graph::Alsa(alsa::AlsaGraph::open(alsa)?)),
             "auto" => Ok(Graph::auto(virtual_config, jack, alsa)),
@@ -283,7 +283,7 @@ impl Graph {
                     rate = graph.sample_rate(),
                     "backend auto: a JACK server answers; using JACK"
                 );
-                return Graph::Jack(Arc::new(graph));
+                return Graph::Jack(graph);
             }
             Err(e) => tracing::info!("backend auto: {e}; not using JACK"),
         }

@@ -612,6 +612,7 @@ impl Control {
                 let input = request
                     .input
                     .unwrap_or_else(|| inner.graph.default_input(index, channels));
+                validate::input(&input)?;
                 s.check_input(&input, channels)?;
                 let armed = request.armed.unwrap_or(false);
                 if armed && s.state != TransportState::Stopped {
@@ -621,7 +622,11 @@ impl Control {
                 }
                 let row = new_track(index, name, channels, armed, input);
                 store.upsert_track(s.id(), row.clone()).await?;
-                s.install_track(row.clone(), 1)?;
+                if let Err(error) = s.install_track(row.clone(), 1) {
+                    // A track the graph refused is not kept: the session must reopen.
+                    store.delete_track(s.id(), index).await?;
+                    return Err(error);
+                }
                 let _ = events.send(Event::TrackAdded {
                     session: s.id().to_string(),
                     index,
@@ -995,11 +1000,7 @@ fn apply_update(old: &TrackRow, update: TrackUpdate) -> ControlResult<(TrackRow,
         }
     }
     if let Some(input) = update.input {
-        if input.chars().any(char::is_control) || input.chars().count() > 256 {
-            return Err(ControlError::invalid_argument(
-                "input is not a valid port name",
-            ));
-        }
+        validate::input(&input)?;
         row.input = input;
         if row.input != old.input {
             fields.push(TrackField::Input);

@@ -49,6 +49,17 @@ pub fn number(what: &str, value: f64, range: (f64, f64)) -> ControlResult<f64> {
     Ok(value)
 }
 
+/// Checks an input word's form (the audio graph checks that what it names exists): no control
+/// characters, at most 256 characters.
+pub fn input(value: &str) -> ControlResult<()> {
+    if value.chars().any(char::is_control) || value.chars().count() > 256 {
+        return Err(ControlError::invalid_argument(
+            "input is not a valid port or device name",
+        ));
+    }
+    Ok(())
+}
+
 /// A file-name-safe form of a track name: lowercase ASCII letters, digits and dashes.
 pub fn slug(name: &str) -> String {
     let mut slug = String::new();
