@@ -423,10 +423,22 @@ impl Processor {
                 }
             }
             Ok(ControlToEngine::RemoveTrack { track }) => {
+                // Room for the track's stream and for every tap of the track.
+                let taps = self
+                    .taps
+                    .iter()
+                    .flatten()
+                    .filter(|tap| tap.source() == TapSource::Track(*track))
+                    .count();
                 self.tracks
                     .get(usize::from(*track))
                     .is_none_or(|state| state.retired.is_none())
-                    && self.handback_free()
+                    && self
+                        .handbacks
+                        .iter()
+                        .filter(|place| place.is_none())
+                        .count()
+                        > taps
             }
             Ok(
                 ControlToEngine::AttachStream { .. }
@@ -519,6 +531,17 @@ impl Processor {
         }
         if let Some(stream) = stream {
             self.retire_later(Handback::Stream(track, stream));
+        }
+        // Taps of the track end with it (a new track in the slot is not theirs).
+        for id in 0..self.taps.len() {
+            let of_track = self.taps[id]
+                .as_ref()
+                .is_some_and(|tap| tap.source() == TapSource::Track(track));
+            if of_track {
+                if let Some(tap) = self.taps[id].take() {
+                    self.retire_later(Handback::Tap(u8::try_from(id).unwrap_or(u8::MAX), tap));
+                }
+            }
         }
         self.service_track(index);
     }

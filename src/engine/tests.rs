@@ -830,14 +830,17 @@ fn streams_and_taps_come_back_when_detached_refused_or_orphaned() {
         1,
         "the detached stream's box was handed back and dropped here"
     );
-    // Orphaned: removing the track hands its stream back with the slot.
+    // Orphaned: removing the track hands its stream and its taps back with the slot; a tap of
+    // another track stays.
     let _ = rig.attach_stream(0, 1, 1, 64);
+    let (_t, _) = rig.attach_tap(5, TapSource::Track(0), 4);
+    let (_u, _) = rig.attach_tap(6, TapSource::Track(1), 4);
     rig.run(64);
     rig.send(ControlToEngine::RemoveTrack { track: 0 });
     rig.send(ControlToEngine::DetachTap { id: 2 });
     rig.run(64);
     let events = rig.events();
-    assert_eq!(retired(&events), (vec![0], vec![2]));
+    assert_eq!(retired(&events), (vec![0], vec![5, 2]));
     assert!(events
         .iter()
         .any(|e| matches!(e, EngineToControl::TrackRetired { track: 0, .. })));
