@@ -6,8 +6,7 @@
 //! Not real-time: runs on tokio.
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -91,86 +90,27 @@ pub async fn run(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            tick = position_tick.tick(), if wants_position => {
-                let key = |id| Tick { topic: Topic::Position, period: position_interval, at: tick, session: id };
+            _ = position_tick.tick(), if wants_position => {
                 for id in sessions(&control, &current, bound.as_deref()).await {
-                    let text = SNAPSHOTS.get_or_build(key(id.clone()), async {
-                        match control.transport(&id).await {
-                            Ok((state @ (TransportState::Playing | TransportState::Recording), frame)) => {
-                                Some(wire::position_push(&id, state, frame, rate))
-                            }
-                            _ => None,
+                    if let Ok((state, frame)) = control.transport(&id).await {
+                        if matches!(state, TransportState::Playing | TransportState::Recording) {
+                            outbox.set_latest(
+                                Topic::Position,
+                                &id,
+                                wire::position_push(&id, state, frame, rate),
+                            );
                         }
-                    }).await;
-                    if let Some(text) = text {
-                        outbox.set_latest(Topic::Position, &id, text);
                     }
                 }
             }
-            tick = meter_tick.tick(), if wants_meters => {
-                let period = meter_period(current.meter_rate_hz);
-                let key = |id| Tick { topic: Topic::Meters, period, at: tick, session: id };
+            _ = meter_tick.tick(), if wants_meters => {
                 for id in sessions(&control, &current, bound.as_deref()).await {
-                    let text = SNAPSHOTS.get_or_build(key(id.clone()), async {
-                        let meters = control.track_meters(&id).await.ok()?;
-                        Some(wire::meters_push(&id, &meters))
-                    }).await;
-                    if let Some(text) = text {
-                        outbox.set_latest(Topic::Meters, &id, text);
+                    if let Ok(meters) = control.track_meters(&id).await {
+                        outbox.set_latest(Topic::Meters, &id, wire::meters_push(&id, &meters));
                     }
                 }
             }
         }
-    }
-}
-
-/// One tick of a latest-value topic for one session: `at` is the tick's instant on the grid
-/// of `period` (see [`ticker`]), the same for every client with that period.
-#[derive(PartialEq)]
-struct Tick {
-    topic: Topic,
-    period: Duration,
-    at: Instant,
-    session: String,
-}
-
-/// The `position` and `meters` pushes of the latest tick of each topic, period and session,
-/// built by the first client to reach that tick and copied by the others: a hundred clients
-/// cost one control query and one JSON message per tick, not a hundred. Entries older than
-/// the longest period are dropped, so closed sessions leave nothing behind.
-struct Snapshots(Mutex<Vec<(Tick, Option<String>)>>);
-
-/// The process's snapshots (the tick grid is process-wide too).
-static SNAPSHOTS: Snapshots = Snapshots(Mutex::new(Vec::new()));
-
-impl Snapshots {
-    /// The push of `tick`, built by `build` unless another client already did (`None`: nothing
-    /// to push, e.g. no position while stopped). Two clients may both build it: harmless.
-    async fn get_or_build(
-        &self,
-        tick: Tick,
-        build: impl Future<Output = Option<String>>,
-    ) -> Option<String> {
-        if let Some((_, text)) = self.lock().iter().find(|(t, _)| *t == tick) {
-            return text.clone();
-        }
-        let text = build.await;
-        let mut entries = self.lock();
-        let stale = tick.at.checked_sub(meter_period(MIN_METER_RATE_HZ));
-        entries.retain(|(t, _)| {
-            let same_stream =
-                t.topic == tick.topic && t.period == tick.period && t.session == tick.session;
-            !(same_stream && t.at < tick.at) && stale.is_none_or(|s| t.at > s)
-        });
-        if !entries.iter().any(|(t, _)| *t == tick) {
-            entries.push((tick, text.clone()));
-        }
-        text
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<(Tick, Option<String>)>> {
-        // Only finished values are stored under the lock: a panic cannot leave half of one.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -216,57 +156,6 @@ mod tests {
         assert_eq!(meter_period(20.0), Duration::from_millis(50));
         assert_eq!(meter_period(1000.0), meter_period(MAX_METER_RATE_HZ));
         assert_eq!(meter_period(0.0), Duration::from_secs(10));
-    }
-
-    #[tokio::test]
-    async fn a_tick_is_built_once_for_every_client_and_stale_ones_go() {
-        let snapshots = Snapshots(Mutex::new(Vec::new()));
-        let start = Instant::now();
-        let period = Duration::from_millis(50);
-        let tick = |at, session: &str| Tick {
-            topic: Topic::Meters,
-            period,
-            at,
-            session: session.into(),
-        };
-        let builds = std::sync::atomic::AtomicUsize::new(0);
-        let build = |text: &'static str| {
-            let builds = &builds;
-            async move {
-                builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Some(text.to_string())
-            }
-        };
-        for _ in 0..100 {
-            let text = snapshots.get_or_build(tick(start, "a"), build("a0")).await;
-            assert_eq!(text.as_deref(), Some("a0"));
-        }
-        assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 1);
-        // Another session and a later tick are built anew; the later tick replaces the older.
-        let b = snapshots.get_or_build(tick(start, "b"), build("b0")).await;
-        assert_eq!(b.as_deref(), Some("b0"));
-        let later = start + period;
-        let a1 = snapshots.get_or_build(tick(later, "a"), build("a1")).await;
-        assert_eq!(a1.as_deref(), Some("a1"));
-        assert_eq!(snapshots.lock().len(), 2);
-        // Nothing to push is remembered too.
-        let none = snapshots
-            .get_or_build(tick(later, "c"), async { None })
-            .await;
-        assert_eq!(none, None);
-        let cached = snapshots.get_or_build(tick(later, "c"), build("c")).await;
-        assert_eq!(cached, None);
-        // A tick more than the longest period later drops every older session's entry.
-        let much_later = later + meter_period(MIN_METER_RATE_HZ) + period;
-        snapshots
-            .get_or_build(tick(much_later, "d"), build("d"))
-            .await;
-        let sessions: Vec<String> = snapshots
-            .lock()
-            .iter()
-            .map(|(t, _)| t.session.clone())
-            .collect();
-        assert_eq!(sessions, ["d"]);
     }
 
     #[test]
