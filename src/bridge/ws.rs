@@ -163,6 +163,17 @@ async fn serve(socket: WebSocket, state: AppState, bound: Option<String>, slot: 
         let out = match message {
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Binary(bytes)
+                if connection.audio_in.would_attach(&bytes) && !limiter.allow(Instant::now()) =>
+            {
+                wire::error(
+                    &Value::Null,
+                    &ControlError::invalid_state(format!(
+                        "rate limited: more than {} messages per second (http.commands_per_second); the chunk was not recorded",
+                        state.config.commands_per_second
+                    )),
+                )
+            }
             Message::Binary(bytes) => match connection.audio_chunk(&bytes).await {
                 Ok(()) => continue,
                 Err(error) => wire::error(&Value::Null, &error),

@@ -241,6 +241,15 @@ pub struct AudioIn {
 }
 
 impl AudioIn {
+    /// Whether `frame` would attach a new stream (a session round trip: such frames count
+    /// against the connection's message rate; chunks of an attached stream do not).
+    pub fn would_attach(&self, frame: &[u8]) -> bool {
+        match Header::parse(frame) {
+            Ok((header, _)) => header.track != 0 && !self.streams.contains_key(&header.track),
+            Err(_) => false,
+        }
+    }
+
     /// Records one binary frame into its track; an error names what was wrong, and nothing
     /// of a refused chunk is recorded. Waits (at most [`BACKPRESSURE_LIMIT`]) while the
     /// stream's ring is full.
