@@ -149,8 +149,6 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
 
 type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
-/// Logs to stderr (journald picks it up under systemd). `OVERDUB_LOG` or `RUST_LOG` override
-/// the configured level.
 /// Locks the process's memory as it is touched (`mlockall` with `MCL_ONFAULT`: no pre-faulting,
 /// so resident memory does not grow), where the memlock limit allows it; logs either way.
 fn lock_memory() {
@@ -193,6 +191,8 @@ fn log_filter(spec: &str) -> Option<EnvFilter> {
     Some(filter.add_directive("jack::logging=off".parse().ok()?))
 }
 
+/// Logs to stderr (journald picks it up under systemd). `OVERDUB_LOG` or `RUST_LOG` override
+/// the configured level.
 fn init_logging(level: &str) -> LogHandle {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
