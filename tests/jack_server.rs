@@ -3,7 +3,8 @@
 //! ports; a source whose program quit stays in the track's input and is connected again when
 //! it returns; when jackd is killed mid-take the daemon stays up, closes readable takes and
 //! signals `Error` on D-Bus, and when jackd returns its ports are back within 5 s and recording
-//! resumes into new takes.
+//! resumes into new takes. Where the master outputs are patched is kept and restored the same
+//! way.
 #![cfg(feature = "jack")]
 
 mod common;
@@ -43,6 +44,17 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
         assert!(Instant::now() < deadline, "track 1 input stays {input}");
         sleep(0.05);
     }
+
+    // Where the master is patched is stored too.
+    let ok = Command::new("jack_connect")
+        .args(["overdub:live.master_out_L", "system:playback_1"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    wait_for(
+        || saved_outputs(&data).contains(&("master_out_L".into(), "system:playback_1".into())),
+        "the master's connection is stored",
+    );
 
     // Two tracks whose names slug the same get distinct ports; one is fed by a client that is
     // gone when the daemon restarts.
@@ -86,6 +98,10 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
     assert!(server.wait_for_port(track2, Duration::from_secs(5)));
     let shown = daemon.cli_json(&["session", "show", "--json"]);
     assert_eq!(shown["tracks"][2]["input"], "feeder:out_1", "{shown}");
+    assert_eq!(
+        server.connections("overdub:live.master_out_L"),
+        vec!["system:playback_1"]
+    );
     // ... and connected again when its program starts again.
     let feeder = Feeder::start(&[Signal::Dc(0.1)]);
     wait_for(
@@ -109,6 +125,10 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
     wait_for(
         || server.connections(track2) == ["system:capture_1"],
         "connections restored",
+    );
+    wait_for(
+        || server.connections("overdub:live.master_out_L") == ["system:playback_1"],
+        "the master's connection restored",
     );
 
     // Kill jackd mid-take.
@@ -179,4 +199,20 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
         "no Error signal:\n{signals}"
     );
     daemon.terminate();
+}
+
+/// The output connections stored in the daemon's database (read-only, beside the daemon).
+fn saved_outputs(data: &std::path::Path) -> Vec<(String, String)> {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("overdub.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = db
+        .prepare("SELECT port, peers FROM output_connections ORDER BY port")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }

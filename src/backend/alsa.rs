@@ -751,6 +751,9 @@ impl RunningBackend for AlsaSession {
 
     fn remove_track(&mut self, _slot: u16) {}
 
+    /// No ports to patch: the outputs go where the device goes.
+    fn restore_outputs(&mut self, _saved: &[(String, String)]) {}
+
     /// Reports xruns, notices a lost or stalled device (streams dropped, processor parked) and
     /// opens it again every [`RECONNECT_INTERVAL`] while it is gone.
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {

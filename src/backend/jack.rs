@@ -366,6 +366,40 @@ struct NodeMeta {
     xruns_seen: u64,
     /// The server transport as this session last saw it (rolling, frame), when following.
     transport_seen: Option<(bool, u64)>,
+    /// Where the outputs are patched: role (`master_out_L`, `track2.out_R`) → peers (`+`).
+    outputs: BTreeMap<String, String>,
+    /// The outputs' connections changed: the session re-reads them at its next poll.
+    outputs_dirty: bool,
+}
+
+impl NodeMeta {
+    /// The node's outputs: (role, full port name) for the master and, with direct outs, for
+    /// every track.
+    fn output_ports(&self, client_name: &str, direct_outs: bool) -> Vec<(String, String)> {
+        let mut ports: Vec<(String, String)> = ["L", "R"]
+            .iter()
+            .map(|side| {
+                (
+                    format!("master_out_{side}"),
+                    format!("{client_name}:{}.master_out_{side}", self.prefix),
+                )
+            })
+            .collect();
+        if direct_outs {
+            for (slot, track) in &self.tracks {
+                for (side, name) in ["L", "R"]
+                    .iter()
+                    .zip(track_out_names(&self.prefix, &track.base))
+                {
+                    ports.push((
+                        format!("track{}.out_{side}", slot + 1),
+                        format!("{client_name}:{name}"),
+                    ));
+                }
+            }
+        }
+        ports
+    }
 }
 
 /// The live client and its queues.
@@ -647,6 +681,8 @@ impl JackGraph {
             awaiting_attach: false,
             xruns_seen,
             transport_seen,
+            outputs: BTreeMap::new(),
+            outputs_dirty: false,
         });
         Ok(Box::new(JackSession {
             graph: Arc::clone(self),
@@ -662,7 +698,7 @@ impl JackGraph {
     fn service(&self, state: &mut GraphState) {
         collect_retired(state);
         mark_touched(state);
-        connect_appeared(state);
+        connect_appeared(state, self.direct_outs);
         let lost = state
             .connection
             .as_ref()
@@ -796,6 +832,7 @@ impl JackGraph {
                 tracing::warn!("restoring the input of {:?}: {e}", track.base);
             }
         }
+        connect_outputs(client, meta, self.direct_outs);
         meta.awaiting_attach = false;
         meta.lost_pending = false;
         meta.restored_pending = true;
@@ -877,20 +914,64 @@ fn mark_touched(state: &mut GraphState) {
     if settled.is_empty() {
         return;
     }
-    for track in state
-        .nodes
-        .iter_mut()
-        .flatten()
-        .flat_map(|meta| meta.tracks.values_mut())
-    {
-        if track.ports.iter().any(|p| settled.contains(p)) {
-            track.dirty = true;
+    let client_name = connection.client.as_client().name().to_string();
+    for meta in state.nodes.iter_mut().flatten() {
+        if meta
+            .output_ports(&client_name, true)
+            .iter()
+            .any(|(_, port)| settled.contains(port))
+        {
+            meta.outputs_dirty = true;
+        }
+        for track in meta.tracks.values_mut() {
+            if track.ports.iter().any(|p| settled.contains(p)) {
+                track.dirty = true;
+            }
         }
     }
 }
 
-/// Connects the tracks that wait for a port that has just appeared (a program started again).
-fn connect_appeared(state: &mut GraphState) {
+/// Connects a node's outputs to their saved peers that exist and are not connected yet.
+fn connect_outputs(client: &Client, meta: &NodeMeta, direct_outs: bool) {
+    for (role, port) in meta.output_ports(client.name(), direct_outs) {
+        let Some(peers) = meta.outputs.get(&role) else {
+            continue;
+        };
+        let current = client
+            .port_by_name(&port)
+            .map(|p| p.get_connections())
+            .unwrap_or_default();
+        for peer in peers
+            .split('+')
+            .filter(|p| !p.is_empty() && !current.iter().any(|c| c == p))
+        {
+            if client.port_by_name(peer).is_some() {
+                if let Err(e) = client.connect_ports_by_name(&port, peer) {
+                    tracing::warn!("cannot connect {port} to {peer}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The peers word of one output as JACK has it connected now, keeping saved peers whose ports
+/// do not exist now (see [`read_input`]).
+fn read_output(client: &Client, port: &str, saved: &str) -> String {
+    let mut peers = client
+        .port_by_name(port)
+        .map(|p| p.get_connections())
+        .unwrap_or_default();
+    for missing in saved.split('+').filter(|p| !p.is_empty()) {
+        if client.port_by_name(missing).is_none() && !peers.iter().any(|p| p == missing) {
+            peers.push(missing.to_string());
+        }
+    }
+    peers.sort();
+    peers.join("+")
+}
+
+/// Connects the tracks and outputs that wait for a port that has just appeared (a program started again).
+fn connect_appeared(state: &mut GraphState, direct_outs: bool) {
     let Some(connection) = state.connection.as_ref() else {
         return;
     };
@@ -899,6 +980,16 @@ fn connect_appeared(state: &mut GraphState) {
         return;
     }
     let client = connection.client.as_client();
+    for meta in state.nodes.iter().flatten() {
+        let waits = meta
+            .outputs
+            .values()
+            .flat_map(|peers| peers.split('+'))
+            .any(|peer| appeared.iter().any(|a| a == peer));
+        if waits {
+            connect_outputs(client, meta, direct_outs);
+        }
+    }
     for track in state
         .nodes
         .iter()
@@ -1377,6 +1468,7 @@ impl RunningBackend for JackSession {
         self.with_meta(|_, state, index| {
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.remove(&slot);
+                meta.outputs_dirty = true;
             }
             if let Some(node) = state.parked[index].as_mut() {
                 if let Some(cell) = node.tracks.get_mut(slot) {
@@ -1430,6 +1522,38 @@ impl RunningBackend for JackSession {
             }
             if let Some(connection) = state.connection.as_ref() {
                 let client = connection.client.as_client();
+                if std::mem::take(&mut meta.outputs_dirty) {
+                    let ports = meta.output_ports(client.name(), graph.direct_outs);
+                    for (role, port) in &ports {
+                        let saved = meta.outputs.get(role).cloned().unwrap_or_default();
+                        let peers = read_output(client, port, &saved);
+                        if peers != saved {
+                            if peers.is_empty() {
+                                meta.outputs.remove(role);
+                            } else {
+                                meta.outputs.insert(role.clone(), peers.clone());
+                            }
+                            events.push(BackendEvent::OutputsChanged {
+                                port: role.clone(),
+                                peers,
+                            });
+                        }
+                    }
+                    // Roles of tracks that are gone are forgotten.
+                    let gone: Vec<String> = meta
+                        .outputs
+                        .keys()
+                        .filter(|role| !ports.iter().any(|(r, _)| r == *role))
+                        .cloned()
+                        .collect();
+                    for role in gone {
+                        meta.outputs.remove(&role);
+                        events.push(BackendEvent::OutputsChanged {
+                            port: role,
+                            peers: String::new(),
+                        });
+                    }
+                }
                 for (&slot, track) in meta.tracks.iter_mut() {
                     if !std::mem::take(&mut track.dirty) {
                         continue;
@@ -1446,6 +1570,19 @@ impl RunningBackend for JackSession {
             }
             events
         })
+    }
+
+    fn restore_outputs(&mut self, saved: &[(String, String)]) {
+        let direct_outs = self.graph.direct_outs;
+        self.with_meta(|_, state, index| {
+            let Some(meta) = state.nodes[index].as_mut() else {
+                return;
+            };
+            meta.outputs = saved.iter().cloned().collect();
+            if let Some(connection) = state.connection.as_ref() {
+                connect_outputs(connection.client.as_client(), meta, direct_outs);
+            }
+        });
     }
 
     /// The server is there and this session's node is in the process callback.

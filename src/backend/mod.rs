@@ -76,6 +76,15 @@ pub enum BackendEvent {
         /// New position.
         frame: u64,
     },
+    /// The connections of one of the session's outputs changed (`port`: its role, e.g.
+    /// `master_out_L`, `track2.out_R`; `peers`: what it feeds, joined with `+`, empty for
+    /// nothing).
+    OutputsChanged {
+        /// The output's role.
+        port: String,
+        /// What it feeds now.
+        peers: String,
+    },
     /// Someone changed the connections of track `slot`'s ports; `input` is the new input word.
     InputChanged {
         /// Track slot (0-based).
@@ -155,6 +164,9 @@ pub trait RunningBackend: Send {
     fn rename_track(&mut self, slot: u16, name: &str) -> Result<(), BackendError>;
     /// Releases track `slot`'s ports.
     fn remove_track(&mut self, slot: u16);
+    /// Patches the session's outputs as saved (role, peers joined with `+`), where the backend
+    /// has ports to patch; sources that do not exist now are connected when they appear.
+    fn restore_outputs(&mut self, saved: &[(String, String)]);
     /// Housekeeping between periods: reports xruns through `xruns` and returns what changed.
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent>;
     /// Whether the audio server is there and the processor runs.

@@ -220,6 +220,9 @@ impl RunningBackend for VirtualBackend {
 
     fn remove_track(&mut self, _slot: u16) {}
 
+    /// No ports to patch: the outputs go where the device goes.
+    fn restore_outputs(&mut self, _saved: &[(String, String)]) {}
+
     /// The audio thread counts its own xruns; nothing else changes.
     fn poll(&mut self, _xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
         Vec::new()

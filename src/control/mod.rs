@@ -828,10 +828,12 @@ impl Control {
             let next = next_takes.entry(take.track_index).or_insert(1);
             *next += 1;
         }
+        let saved_outputs = self.inner.store.output_connections(id).await?;
         let session = ActiveSession::start(
             row,
             tracks,
             &next_takes,
+            &saved_outputs,
             &self.inner.graph,
             &config,
             &self.inner.data_dir,

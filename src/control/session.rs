@@ -102,6 +102,7 @@ impl ActiveSession {
         row: SessionRow,
         tracks: Vec<TrackRow>,
         next_takes: &BTreeMap<u32, u32>,
+        saved_outputs: &[(String, String)],
         graph: &Graph,
         config: &Config,
         data_dir: &Path,
@@ -164,6 +165,9 @@ impl ActiveSession {
         for track in tracks {
             let next = next_takes.get(&track.index).copied().unwrap_or(1);
             session.install_track(track, next)?;
+        }
+        if let Some(backend) = session.backend.as_mut() {
+            backend.restore_outputs(saved_outputs);
         }
         Ok(session)
     }
@@ -1038,6 +1042,15 @@ impl ActiveSession {
                 BackendEvent::Restored => self.on_graph_restored().await,
                 BackendEvent::InputChanged { slot, input } => {
                     self.on_input_changed(slot, input).await
+                }
+                BackendEvent::OutputsChanged { port, peers } => {
+                    if let Err(e) = self
+                        .store
+                        .set_output_connection(&self.row.id, &port, &peers)
+                        .await
+                    {
+                        self.report(e.into());
+                    }
                 }
                 BackendEvent::TransportStarted => self.follow_start().await,
                 BackendEvent::TransportStopped => {

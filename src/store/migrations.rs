@@ -16,11 +16,18 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, in the order they must be applied.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "output_connections",
+        sql: include_str!("../../migrations/0002_output_connections.sql"),
+    },
+];
 
 /// The highest schema version this build knows (the last entry of [`MIGRATIONS`]).
 pub fn known_version() -> i64 {

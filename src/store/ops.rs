@@ -213,6 +213,49 @@ impl Store {
         Ok(())
     }
 
+    /// Where a session's outputs are patched: (output role, peers joined with `+`).
+    pub async fn output_connections(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let session_id = session_id.to_owned();
+        self.call(move |conn| {
+            query_all(
+                conn,
+                "SELECT port, peers FROM output_connections WHERE session_id = ?1 ORDER BY port",
+                [&session_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+        })
+        .await
+    }
+
+    /// Records where one output of a session is patched; no peers removes the record.
+    pub async fn set_output_connection(
+        &self,
+        session_id: &str,
+        port: &str,
+        peers: &str,
+    ) -> Result<(), StoreError> {
+        let (session_id, port, peers) = (session_id.to_owned(), port.to_owned(), peers.to_owned());
+        self.call(move |conn| {
+            if peers.is_empty() {
+                conn.execute(
+                    "DELETE FROM output_connections WHERE session_id = ?1 AND port = ?2",
+                    params![session_id, port],
+                )
+            } else {
+                conn.execute(
+                    "INSERT INTO output_connections (session_id, port, peers) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (session_id, port) DO UPDATE SET peers = excluded.peers",
+                    params![session_id, port, peers],
+                )
+            }
+            .map(|_| ())
+        })
+        .await
+    }
+
     /// Journals a take as `recording` (call it before the first sample is written) and returns
     /// its id. The session must exist.
     pub async fn insert_take(&self, take: NewTake) -> Result<i64, StoreError> {
