@@ -111,7 +111,8 @@ impl Default for DaemonConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AudioConfig {
-    /// `auto` (JACK when a server answers, else virtual), `jack` or `virtual`.
+    /// `auto` (JACK when a server answers, else PipeWire when one answers, else virtual), `jack`,
+    /// `pipewire` or `virtual`.
     pub backend: String,
     /// Frames per second for the virtual graph (JACK sets its own).
     pub sample_rate: u32,
@@ -133,7 +134,7 @@ impl Default for AudioConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct JackConfig {
-    /// Client name (JACK appends `-01`… when it is taken).
+    /// Client name (JACK appends `-01`… when it is taken); also the PipeWire node's `node.name`.
     pub client_name: String,
     /// `off`, `follow` (start, stop and locate with the JACK transport) or `lead` (drive it).
     pub transport: String,
@@ -295,10 +296,13 @@ impl Config {
     /// Checks every value's range; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config {key}: {why}")));
-        if !matches!(self.audio.backend.as_str(), "auto" | "jack" | "virtual") {
+        if !matches!(
+            self.audio.backend.as_str(),
+            "auto" | "jack" | "pipewire" | "virtual"
+        ) {
             return bad(
                 "audio.backend",
-                "must be \"auto\", \"jack\" or \"virtual\" (PipeWire and ALSA are not in this build)",
+                "must be \"auto\", \"jack\", \"pipewire\" or \"virtual\" (ALSA is not in this build)",
             );
         }
         if self.jack.client_name.is_empty()

@@ -2,6 +2,7 @@
 //! [`Processor::process`] once per period with their input and output buffers.
 //!
 //! - [`jack`] (feature `jack`): one JACK client shared by the active sessions, ports per track.
+//! - [`pipewire`] (feature `pipewire`): one native PipeWire filter node shared the same way.
 //! - [`virtual_graph`]: clock-driven tones or silence, for machines without an audio server.
 //! - [`offline`]: pull-driven, as fast as asked, for tests, benchmarks and export.
 //!
@@ -11,10 +12,12 @@
 #[cfg(feature = "jack")]
 pub mod jack;
 pub mod offline;
+#[cfg(feature = "pipewire")]
+pub mod pipewire;
 pub mod virtual_graph;
 
 use std::fmt;
-#[cfg(feature = "jack")]
+#[cfg(any(feature = "jack", feature = "pipewire"))]
 use std::sync::Arc;
 
 use crate::engine::{AudioInputs, Processor, NO_INPUT};
@@ -206,56 +209,93 @@ pub enum Graph {
     /// The shared JACK client.
     #[cfg(feature = "jack")]
     Jack(Arc<jack::JackGraph>),
+    /// The shared PipeWire filter node.
+    #[cfg(feature = "pipewire")]
+    PipeWire(Arc<pipewire::PipeWireGraph>),
 }
 
 impl Graph {
-    /// Chooses the graph for `backend` (`auto`, `jack` or `virtual`): `auto` takes JACK when a
-    /// server answers, else the virtual graph, and logs why. `jack` fails when no server answers.
+    /// Chooses the graph for `backend` (`auto`, `jack`, `pipewire` or `virtual`): `auto` takes
+    /// JACK when a server answers, else PipeWire when a server answers, else the virtual graph,
+    /// and logs why. `jack` and `pipewire` fail when no server answers. The PipeWire node is
+    /// named like the JACK client (`jack.client_name`).
     pub fn choose(
         backend: &str,
         virtual_config: VirtualConfig,
         jack: &JackSettings,
     ) -> Result<Graph, BackendError> {
-        #[cfg(not(feature = "jack"))]
-        let _ = jack;
         match backend {
             "virtual" => Ok(Graph::Virtual(virtual_config)),
             #[cfg(feature = "jack")]
             "jack" => Ok(Graph::Jack(Arc::new(jack::JackGraph::open(jack)?))),
-            #[cfg(feature = "jack")]
-            "auto" => match jack::JackGraph::open(jack) {
-                Ok(graph) => {
-                    tracing::info!(
-                        client = graph.client_name(),
-                        rate = graph.sample_rate(),
-                        "backend auto: a JACK server answers; using JACK"
-                    );
-                    Ok(Graph::Jack(Arc::new(graph)))
-                }
-                Err(e) => {
-                    tracing::info!("backend auto: {e}; using the virtual graph");
-                    Ok(Graph::Virtual(virtual_config))
-                }
-            },
-            #[cfg(not(feature = "jack"))]
-            "auto" => {
-                tracing::info!(
-                    "backend auto: this build has no JACK support; using the virtual graph"
-                );
-                Ok(Graph::Virtual(virtual_config))
-            }
+            #[cfg(feature = "pipewire")]
+            "pipewire" => Ok(Graph::PipeWire(Arc::new(pipewire::PipeWireGraph::open(
+                &pipewire_settings(jack),
+            )?))),
+            "auto" => Ok(Graph::choose_auto(virtual_config, jack)),
             other => Err(BackendError::failed(format!(
-                "backend {other:?} is not available in this build (auto, jack or virtual)"
+                "backend {other:?} is not available in this build (auto, {}virtual)",
+                Graph::compiled()
             ))),
         }
     }
 
-    /// `virtual` or `jack`.
+    /// The server backends this build has, for messages (`"jack, pipewire, "`).
+    fn compiled() -> String {
+        let mut names = String::new();
+        if cfg!(feature = "jack") {
+            names.push_str("jack, ");
+        }
+        if cfg!(feature = "pipewire") {
+            names.push_str("pipewire, ");
+        }
+        names
+    }
+
+    /// `auto`: JACK → PipeWire → virtual, logging why each was skipped.
+    fn choose_auto(virtual_config: VirtualConfig, jack: &JackSettings) -> Graph {
+        #[cfg(feature = "jack")]
+        match jack::JackGraph::open(jack) {
+            Ok(graph) => {
+                tracing::info!(
+                    client = graph.client_name(),
+                    rate = graph.sample_rate(),
+                    "backend auto: a JACK server answers; using JACK"
+                );
+                return Graph::Jack(Arc::new(graph));
+            }
+            Err(e) => tracing::info!("backend auto: JACK skipped: {e}"),
+        }
+        #[cfg(not(feature = "jack"))]
+        tracing::info!("backend auto: JACK skipped: this build has no JACK support");
+        #[cfg(feature = "pipewire")]
+        match pipewire::PipeWireGraph::open(&pipewire_settings(jack)) {
+            Ok(graph) => {
+                tracing::info!(
+                    node = graph.node_name(),
+                    rate = graph.sample_rate(),
+                    "backend auto: a PipeWire server answers; using PipeWire"
+                );
+                return Graph::PipeWire(Arc::new(graph));
+            }
+            Err(e) => tracing::info!("backend auto: PipeWire skipped: {e}"),
+        }
+        #[cfg(not(feature = "pipewire"))]
+        tracing::info!("backend auto: PipeWire skipped: this build has no PipeWire support");
+        #[cfg(not(any(feature = "jack", feature = "pipewire")))]
+        let _ = jack;
+        tracing::info!("backend auto: using the virtual graph");
+        Graph::Virtual(virtual_config)
+    }
+
+    /// `virtual`, `jack` or `pipewire`.
     pub fn name(&self) -> &'static str {
         match self {
             Graph::Virtual(_) => "virtual",
             #[cfg(feature = "jack")]
             Graph::Jack(_) => "jack",
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(_) => "pipewire",
         }
     }
 
@@ -265,6 +305,8 @@ impl Graph {
             Graph::Virtual(config) => config.sample_rate,
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.sample_rate(),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.sample_rate(),
         }
     }
 
@@ -274,6 +316,8 @@ impl Graph {
             Graph::Virtual(config) => config.period,
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.info().period,
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.info().period,
         }
     }
 
@@ -283,6 +327,8 @@ impl Graph {
             Graph::Virtual(config) => virtual_devices(config),
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.devices(),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.devices(),
         }
     }
 
@@ -294,6 +340,8 @@ impl Graph {
             }
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.check_input(input, channels),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.check_input(input, channels),
         }
     }
 
@@ -304,6 +352,8 @@ impl Graph {
             Graph::Virtual(_) => format!("Virtual Input {index}"),
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.default_input(index, channels),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.default_input(index, channels),
         }
     }
 
@@ -328,7 +378,19 @@ impl Graph {
             }
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.attach(session_name, sample_rate, max_tracks, processor),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => {
+                graph.attach(session_name, sample_rate, max_tracks, processor)
+            }
         }
+    }
+}
+
+/// The PipeWire node's settings: it is named like the JACK client.
+#[cfg(feature = "pipewire")]
+fn pipewire_settings(jack: &JackSettings) -> pipewire::PipeWireSettings {
+    pipewire::PipeWireSettings {
+        node_name: jack.client_name.clone(),
     }
 }
 
