@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -225,6 +225,8 @@ struct FilterProcess {
     nodes: Box<[Option<Box<Node>>]>,
     commands: rtrb::Consumer<GraphCommand>,
     retired: rtrb::Producer<Retired>,
+    /// The driver clock's id and the position where the next cycle should start.
+    expected: Option<(u32, u64)>,
 }
 
 impl FilterProcess {
@@ -274,6 +276,16 @@ impl FilterProcess {
         }
     }
 
+    /// Whether this cycle starts where the last one ended on the same driver clock: when the
+    /// driver's position jumps ahead, cycles went by without this node (an xrun: the takes miss
+    /// those frames). **Real-time safe**.
+    fn missed_cycles(&mut self, clock: &spa_sys::spa_io_clock) -> bool {
+        let missed =
+            matches!(self.expected, Some((id, at)) if id == clock.id && clock.position > at);
+        self.expected = Some((clock.id, clock.position.wrapping_add(clock.duration)));
+        missed
+    }
+
     /// One graph cycle: commands, then every node. **Real-time safe**.
     fn cycle(&mut self, frames: usize) {
         self.apply_commands();
@@ -310,8 +322,8 @@ struct FilterData {
     process: UnsafeCell<FilterProcess>,
 }
 
-/// The filter's process callback: runs every node over the cycle's `clock.duration` frames and
-/// publishes the graph's rate and quantum. **Real-time safe**: no allocation, lock, syscall or
+/// The filter's process callback: runs every node over the cycle's `clock.duration` frames,
+/// publishes that quantum and counts cycles the node missed as xruns. **Real-time safe**: no allocation, lock, syscall or
 /// log; a panic is caught.
 unsafe extern "C" fn on_process(data: *mut c_void, position: *mut spa_sys::spa_io_position) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
@@ -326,13 +338,13 @@ unsafe extern "C" fn on_process(data: *mut c_void, position: *mut spa_sys::spa_i
         };
         let frames = usize::try_from(position.clock.duration).unwrap_or(0);
         data.signals
-            .rate
-            .store(position.clock.rate.denom, Ordering::Relaxed);
-        data.signals
             .period
             .store(u32::try_from(frames).unwrap_or(u32::MAX), Ordering::Relaxed);
         // SAFETY: see above: the process data is exclusively this callback's while it runs.
         let process = unsafe { &mut *data.process.get() };
+        if process.missed_cycles(&position.clock) {
+            data.signals.xruns.fetch_add(1, Ordering::Relaxed);
+        }
         process.cycle(frames);
     }));
 }
@@ -498,9 +510,12 @@ impl Model {
 struct GraphSignals {
     /// The server went away (core `EPIPE`) or refused the node.
     lost: AtomicBool,
-    /// `clock.rate` and `clock.duration` of the last cycle (0 before the first).
-    rate: AtomicU32,
+    /// `clock.duration` of the last cycle (0 before the first).
     period: AtomicU32,
+    /// Cycles the node missed (the driver's position jumped past it) since it connected.
+    xruns: AtomicU64,
+    /// The registry's view. Lock order: the thread loop's lock first (its listeners run with it
+    /// held), then this one; never the thread loop's while holding this.
     model: Mutex<Model>,
 }
 
@@ -529,9 +544,28 @@ impl Drop for LoopLock {
     }
 }
 
-/// Runs `f` on PipeWire's data thread between two cycles and waits for it, so the filter's own
-/// port list never changes under a running cycle. Called with the thread loop locked.
-fn between_cycles<R>(data_loop: *mut pw_sys::pw_data_loop, f: impl FnOnce() -> R) -> Option<R> {
+/// Work for the data thread and its result (see [`between_cycles`]).
+struct Job {
+    work: Option<Box<dyn FnOnce() -> *mut c_void>>,
+    result: Option<*mut c_void>,
+}
+
+// SAFETY: a job carries pointers to PipeWire objects of one connection; it runs once, on the
+// data thread, while the thread that queued it holds the thread loop's lock and waits for it.
+unsafe impl Send for Job {}
+
+type JobCell = (Mutex<Job>, std::sync::Condvar);
+
+/// Runs `work` on PipeWire's data thread between two cycles and waits for its result, so the
+/// filter's port list (which its own cycle walks) never changes under a running cycle. Called
+/// with the thread loop locked. The job is queued without PipeWire's blocking wait (which was
+/// seen to return before the job ran) and shared, so a job that has not started when the wait
+/// gives up is cancelled, and one that runs late finds its cell alive. `None` if it did not
+/// run. The job may allocate: it runs between cycles, once per port added or removed.
+fn between_cycles(
+    data_loop: *mut pw_sys::pw_data_loop,
+    work: impl FnOnce() -> *mut c_void + 'static,
+) -> Option<*mut c_void> {
     unsafe extern "C" fn trampoline(
         _loop: *mut spa_sys::spa_loop,
         _async: bool,
@@ -540,36 +574,64 @@ fn between_cycles<R>(data_loop: *mut pw_sys::pw_data_loop, f: impl FnOnce() -> R
         _size: usize,
         user_data: *mut c_void,
     ) -> c_int {
-        // SAFETY: `user_data` is the `&mut dyn FnMut()` below, alive until the blocking invoke
-        // returns.
-        let call = unsafe { &mut *user_data.cast::<&mut dyn FnMut()>() };
-        let _ = catch_unwind(AssertUnwindSafe(call));
+        // SAFETY: `user_data` is the reference `between_cycles` leaked for this call.
+        let cell = unsafe { Arc::from_raw(user_data.cast_const().cast::<JobCell>()) };
+        let work = lock(&cell.0).work.take();
+        if let Some(work) = work {
+            let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or(ptr::null_mut());
+            lock(&cell.0).result = Some(result);
+            cell.1.notify_all();
+        }
         0
     }
-    let mut f = Some(f);
-    let mut result = None;
-    {
-        let mut call = || {
-            if let Some(f) = f.take() {
-                result = Some(f());
-            }
-        };
-        let mut call: &mut dyn FnMut() = &mut call;
-        // SAFETY: a blocking invoke on the context's data loop (or a direct call when that loop
-        // is not running); `call` outlives it.
-        unsafe {
-            pw_sys::pw_data_loop_invoke(
-                data_loop,
-                Some(trampoline),
-                0,
-                ptr::null(),
-                0,
-                true,
-                (&mut call as *mut &mut dyn FnMut()).cast(),
-            )
-        };
+    let cell: Arc<JobCell> = Arc::new((
+        Mutex::new(Job {
+            work: Some(Box::new(work)),
+            result: None,
+        }),
+        std::sync::Condvar::new(),
+    ));
+    let user_data = Arc::into_raw(Arc::clone(&cell));
+    // SAFETY: a non-blocking invoke on the context's data loop (run at once when that loop is
+    // not running); the trampoline owns the reference passed as user data.
+    let queued = unsafe {
+        pw_sys::pw_data_loop_invoke(
+            data_loop,
+            Some(trampoline),
+            0,
+            ptr::null(),
+            0,
+            false,
+            user_data.cast_mut().cast(),
+        )
+    };
+    let mut job = lock(&cell.0);
+    if queued < 0 {
+        job.work = None;
+        return job.result;
     }
-    result
+    let deadline = Instant::now() + SERVER_TIMEOUT;
+    while job.result.is_none() {
+        let now = Instant::now();
+        if now >= deadline {
+            if job.work.take().is_some() {
+                return None;
+            }
+            // Running now: it ends soon.
+            job = cell
+                .1
+                .wait_timeout(job, SERVER_TIMEOUT)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            return job.result;
+        }
+        job = cell
+            .1
+            .wait_timeout(job, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    job.result
 }
 
 /// The live connection: thread loop, context, core, registry, the filter and its queues.
@@ -659,6 +721,7 @@ impl Connection {
                 nodes: (0..MAX_NODES).map(|_| None).collect(),
                 commands: command_rx,
                 retired: retired_tx,
+                expected: None,
             }),
         });
         let data = NonNull::from(Box::leak(data));
@@ -727,10 +790,13 @@ impl Connection {
             )));
         }
         connection.thread_loop.start();
-        let node_id = connection.wait(|conn, model| {
-            let _lock = LoopLock::new(&conn.thread_loop);
-            // SAFETY: the filter lives; the thread loop is locked.
-            let id = unsafe { pw_sys::pw_filter_get_node_id(conn.filter.as_ptr()) };
+        let node_id = connection.wait(|conn| {
+            let id = {
+                let _lock = LoopLock::new(&conn.thread_loop);
+                // SAFETY: the filter lives; the thread loop is locked.
+                unsafe { pw_sys::pw_filter_get_node_id(conn.filter.as_ptr()) }
+            };
+            let model = lock(&conn.signals.model);
             (id != pw_sys::PW_ID_ANY
                 && model.nodes.contains_key(&id)
                 && model.default_rate.is_some())
@@ -750,15 +816,13 @@ impl Connection {
         Ok(connection)
     }
 
-    /// Polls `check` against the model until it answers, the server is lost or
-    /// [`SERVER_TIMEOUT`] passes. Never holds the thread loop's lock while sleeping.
-    fn wait<T>(&self, mut check: impl FnMut(&Connection, &Model) -> Option<T>) -> Option<T> {
+    /// Polls `check` until it answers, the server is lost or [`SERVER_TIMEOUT`] passes. Never
+    /// holds a lock while sleeping. Lock order: the thread loop's lock, then the model's (the
+    /// thread loop's listeners take the model's with the loop's held); never the other way.
+    fn wait<T>(&self, mut check: impl FnMut(&Connection) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + SERVER_TIMEOUT;
         loop {
-            let found = {
-                let model = lock(&self.signals.model);
-                check(self, &model)
-            };
+            let found = check(self);
             if found.is_some() {
                 return found;
             }
@@ -787,7 +851,7 @@ impl Connection {
         };
         let filter = self.filter;
         let _lock = LoopLock::new(&self.thread_loop);
-        let data = between_cycles(self.data_loop, || {
+        let data = between_cycles(self.data_loop, move || {
             // SAFETY: the filter lives and its loops are held (thread loop locked, data thread
             // between cycles); the properties' ownership passes to the port.
             unsafe {
@@ -823,44 +887,21 @@ impl Connection {
             return;
         }
         let _lock = LoopLock::new(&self.thread_loop);
-        between_cycles(self.data_loop, || {
+        between_cycles(self.data_loop, move || {
             for port in &ports {
                 // SAFETY: a port of the live filter that the process callback handed back (or
                 // never had); loops held as in `add_port`.
                 unsafe { pw_sys::pw_filter_remove_port(port.data.as_ptr()) };
             }
+            ptr::null_mut()
         });
-    }
-
-    /// Renames a port (`port.name`), and the model's copy of it.
-    fn rename_port(&mut self, port: PortHandle, id: u32, name: &str) {
-        if port.generation != self.generation {
-            return;
-        }
-        let mut props = PropertiesBox::new();
-        props.insert("port.name", name);
-        {
-            let _lock = LoopLock::new(&self.thread_loop);
-            // SAFETY: a live port of the filter; the thread loop is locked; the dictionary is
-            // copied by PipeWire.
-            unsafe {
-                pw_sys::pw_filter_update_properties(
-                    self.filter.as_ptr(),
-                    port.data.as_ptr(),
-                    props.dict().as_raw_ptr(),
-                )
-            };
-        }
-        if let Some(facts) = lock(&self.signals.model).ports.get_mut(&id) {
-            facts.name = name.to_string();
-        }
     }
 
     /// The registry id of this node's port `name`, once the server shows it.
     fn port_id(&self, name: &str) -> Option<u32> {
         let node = self.node_id;
-        self.wait(|_, model| {
-            model
+        self.wait(|conn| {
+            lock(&conn.signals.model)
                 .ports
                 .iter()
                 .find(|(_, facts)| facts.node == node && facts.name == name)
@@ -939,7 +980,8 @@ impl Connection {
                 }
             }
         }
-        let settled = self.wait(|_, model| {
+        let settled = self.wait(|conn| {
+            let model = lock(&conn.signals.model);
             ports
                 .iter()
                 .zip(&wanted)
@@ -1062,8 +1104,11 @@ struct TrackMeta {
     input: String,
     /// Registry ids of the input ports (one per channel), empty while the server is gone.
     port_ids: Vec<u32>,
-    /// The filter ports (for renames), empty while the server is gone.
+    /// The filter ports, empty while the server is gone.
     handles: Vec<PortHandle>,
+    /// The input could not be restored when the server returned (its sources were not there
+    /// yet): tried again at every poll until they are.
+    pending: bool,
 }
 
 /// What control knows about one attached session.
@@ -1074,6 +1119,8 @@ struct NodeMeta {
     /// Server losses and returns this session has not polled yet.
     lost_pending: bool,
     restored_pending: bool,
+    /// Xruns of the connection already added to the session's counters.
+    xruns_seen: u64,
 }
 
 /// Mutable state of the graph, behind one lock (control threads only).
@@ -1277,12 +1324,14 @@ impl PipeWireGraph {
             connection.remove_ports(node.master);
             return Err(BackendError::failed("the PipeWire command queue is full"));
         }
+        let xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
         state.nodes[index] = Some(NodeMeta {
             prefix,
             max_tracks,
             tracks: BTreeMap::new(),
             lost_pending: false,
             restored_pending: false,
+            xruns_seen,
         });
         Ok(Box::new(PipeWireSession {
             graph: Arc::clone(self),
@@ -1391,7 +1440,6 @@ impl PipeWireGraph {
                     Err(e) => tracing::error!("{e}"),
                 }
             }
-            let tracks: Vec<TrackMeta> = meta.tracks.values().cloned().collect();
             if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
                 .commands
                 .push(GraphCommand::Attach { index, node })
@@ -1399,13 +1447,18 @@ impl PipeWireGraph {
                 state.parked[index] = Some(node);
                 continue;
             }
-            for track in tracks {
+            for track in meta.tracks.values_mut() {
                 if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
-                    tracing::warn!("restoring the input of track {:?}: {e}", track.name);
+                    tracing::warn!(
+                        "restoring the input of track {:?}: {e}; trying again when the ports appear",
+                        track.name
+                    );
+                    track.pending = true;
                 }
             }
             meta.lost_pending = false;
             meta.restored_pending = true;
+            meta.xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
         }
         state.connection = Some(connection);
     }
@@ -1536,6 +1589,7 @@ impl RunningBackend for PipeWireSession {
                         input: input.to_string(),
                         port_ids,
                         handles,
+                        pending: false,
                     },
                 );
             }
@@ -1559,14 +1613,31 @@ impl RunningBackend for PipeWireSession {
                 return Ok(());
             };
             track.name = name.to_string();
-            let new_names = track_port_names(&prefix, name, track.channels);
-            if let Some(connection) = state.connection.as_mut() {
-                for ((handle, id), short) in
-                    track.handles.iter().zip(&track.port_ids).zip(&new_names)
-                {
-                    connection.rename_port(*handle, *id, short);
-                }
+            let Some(connection) = state.connection.as_mut() else {
+                return Ok(());
+            };
+            // PipeWire shows a port's name as the registry announced it, so the track gets new
+            // ports, linked like the old ones before they replace them in the process callback
+            // (no cycle goes unlinked); the old ones are removed when the callback hands them
+            // back.
+            let (ports, ids) = add_track(connection, &prefix, name, track.channels)?;
+            if let Err(e) = connection.link_input(&ids, &track.input) {
+                connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                return Err(e);
             }
+            let handles: Vec<PortHandle> = ports.handles().collect();
+            if let Err(rtrb::PushError::Full(_)) =
+                connection.commands.push(GraphCommand::SetTrack {
+                    index,
+                    slot,
+                    ports: Some(Box::new(ports)),
+                })
+            {
+                connection.remove_ports(handles);
+                return Err(BackendError::failed("the PipeWire command queue is full"));
+            }
+            track.handles = handles;
+            track.port_ids = ids;
             Ok(())
         })
     }
@@ -1592,9 +1663,9 @@ impl RunningBackend for PipeWireSession {
         });
     }
 
-    /// Reports a lost or restored server and links changed by other programs. PipeWire's
-    /// `pw_filter` does not see its driver's xruns, so none are reported.
-    fn poll(&mut self, _xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
+    /// Reports cycles the node missed as xruns (a `pw_filter` cannot read its driver's own
+    /// xrun count), a lost or restored server, and links changed by other programs.
+    fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
         self.with_state(|graph, state, index| {
             graph.service(state);
             let mut events = Vec::new();
@@ -1607,9 +1678,25 @@ impl RunningBackend for PipeWireSession {
             if std::mem::take(&mut meta.restored_pending) {
                 events.push(BackendEvent::Restored);
             }
-            let Some(connection) = state.connection.as_ref() else {
+            let Some(connection) = state.connection.as_mut() else {
                 return events;
             };
+            let total = connection.signals.xruns.load(Ordering::Relaxed);
+            if total > meta.xruns_seen {
+                xruns(total - meta.xruns_seen);
+                meta.xruns_seen = total;
+            }
+            for track in meta.tracks.values_mut().filter(|t| t.pending) {
+                let channels = u8::try_from(track.port_ids.len()).unwrap_or(2);
+                if connection.resolve(&track.input, channels).is_ok() {
+                    track.pending = false;
+                    if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
+                        tracing::warn!("restoring the input of track {:?}: {e}", track.name);
+                    } else {
+                        tracing::info!("restored the input of track {:?}", track.name);
+                    }
+                }
+            }
             let mut model = lock(&connection.signals.model);
             if model.touched.is_empty() {
                 return events;
@@ -1622,6 +1709,7 @@ impl RunningBackend for PipeWireSession {
                 let input = model.read_input(&track.port_ids);
                 if input != track.input {
                     track.input = input.clone();
+                    track.pending = false;
                     events.push(BackendEvent::InputChanged {
                         slot: u16::try_from(slot).unwrap_or(u16::MAX),
                         input,
@@ -1766,6 +1854,32 @@ mod tests {
         model.links.insert(30, (12, 21));
         model.links.insert(31, (11, 21));
         assert_eq!(model.read_input(&[21]), "feeder:out_1+feeder:out_2");
+    }
+
+    #[test]
+    fn a_jump_of_the_driver_position_is_a_missed_cycle() {
+        let (_commands, commands) = rtrb::RingBuffer::new(1);
+        let (retired, _retired) = rtrb::RingBuffer::new(1);
+        let mut process = FilterProcess {
+            nodes: Box::new([]),
+            commands,
+            retired,
+            expected: None,
+        };
+        // SAFETY: `spa_io_clock` is plain data; all zeros is a valid value.
+        let mut clock: spa_sys::spa_io_clock = unsafe { std::mem::zeroed() };
+        clock.id = 7;
+        clock.duration = 256;
+        let mut at = |position: u64, id: u32| {
+            clock.position = position;
+            clock.id = id;
+            process.missed_cycles(&clock)
+        };
+        assert!(!at(1000, 7), "the first cycle");
+        assert!(!at(1256, 7), "the next one");
+        assert!(at(1768, 7), "one cycle went by without the node");
+        assert!(!at(2024, 7));
+        assert!(!at(90_000, 8), "another driver's clock starts anywhere");
     }
 
     #[test]
