@@ -357,7 +357,8 @@ impl Graph {
         }
     }
 
-    /// Starts a session's audio: its own virtual thread, or a node on the shared JACK client.
+    /// Starts a session's audio: its own virtual thread, or a node on the shared JACK client or
+    /// PipeWire node.
     pub fn start(
         &self,
         session_name: &str,
@@ -365,6 +366,8 @@ impl Graph {
         max_tracks: usize,
         processor: Processor,
     ) -> Result<Box<dyn RunningBackend>, BackendError> {
+        #[cfg(not(any(feature = "jack", feature = "pipewire")))]
+        let _ = session_name;
         match self {
             Graph::Virtual(config) => {
                 let config = VirtualConfig {

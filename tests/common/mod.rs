@@ -6,7 +6,7 @@
 
 #[cfg(feature = "jack")]
 pub mod jack;
-#[cfg(feature = "pipewire")]
+#[cfg(all(feature = "pipewire", feature = "jack"))]
 pub mod pipewire;
 
 use std::io::{BufRead, BufReader, Read};
