@@ -492,9 +492,13 @@ impl Model {
 
     fn global_remove(&mut self, id: u32) {
         self.nodes.remove(&id);
-        self.ports.remove(&id);
+        if self.ports.remove(&id).is_some() {
+            self.touched.retain(|&port| port != id);
+        }
         if let Some((_, to)) = self.links.remove(&id) {
-            self.touch(to);
+            if self.ports.contains_key(&to) {
+                self.touch(to);
+            }
         }
     }
 
@@ -1895,5 +1899,8 @@ mod tests {
         model.global_remove(40);
         assert!(model.links.is_empty());
         assert_eq!(model.touched, vec![21]);
+        // A port that goes is forgotten (nothing grows while no session looks).
+        model.global_remove(21);
+        assert!(model.touched.is_empty());
     }
 }
