@@ -53,8 +53,8 @@ enum Command {
         /// Configuration file (default: $OVERDUB_CONFIG, else ~/.config/overdub/overdub.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Audio graph: auto (JACK when a server answers, else ALSA when its device opens, else
-        /// virtual), jack, alsa or virtual.
+        /// Audio graph: auto (JACK, else PipeWire when a server answers, else ALSA when its
+        /// device opens, else virtual), jack, pipewire, alsa or virtual.
         #[arg(long, value_name = "BACKEND")]
         backend: Option<String>,
         /// HTTP + WebSocket address (default `http.listen`, 127.0.0.1:7878).

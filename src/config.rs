@@ -113,8 +113,8 @@ impl Default for DaemonConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AudioConfig {
-    /// `auto` (JACK when a server answers, else ALSA when its device opens, else virtual),
-    /// `jack`, `alsa` or `virtual`.
+    /// `auto` (JACK when a server answers, else PipeWire when one answers, else ALSA when its
+    /// device opens, else virtual), `jack`, `pipewire`, `alsa` or `virtual`.
     pub backend: String,
     /// Frames per second for the virtual graph and ALSA (JACK sets its own).
     pub sample_rate: u32,
@@ -136,7 +136,7 @@ impl Default for AudioConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct JackConfig {
-    /// Client name (JACK appends `-01`… when it is taken).
+    /// Client name (JACK appends `-01`… when it is taken); also the PipeWire node's `node.name`.
     pub client_name: String,
     /// `off`, `follow` (start, stop and locate with the JACK transport) or `lead` (drive it).
     pub transport: String,
@@ -346,11 +346,11 @@ impl Config {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config {key}: {why}")));
         if !matches!(
             self.audio.backend.as_str(),
-            "auto" | "jack" | "virtual" | "alsa"
+            "auto" | "jack" | "pipewire" | "alsa" | "virtual"
         ) {
             return bad(
                 "audio.backend",
-                "must be \"auto\", \"jack\", \"alsa\" or \"virtual\"",
+                "must be \"auto\", \"jack\", \"pipewire\", \"alsa\" or \"virtual\"",
             );
         }
         if self.alsa.device.is_empty() || self.alsa.device.contains('\0') {

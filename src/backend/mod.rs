@@ -2,6 +2,7 @@
 //! [`Processor::process`] once per period with their input and output buffers.
 //!
 //! - [`jack`] (feature `jack`): one JACK client shared by the active sessions, ports per track.
+//! - [`pipewire`] (feature `pipewire`): one native PipeWire filter node shared the same way.
 //! - [`alsa`] (feature `alsa`): an ALSA capture device (and playback device) through cpal, one
 //!   stream per session; tracks take the device's channels.
 //! - [`virtual_graph`]: clock-driven tones or silence, for machines without an audio server.
@@ -15,10 +16,12 @@ pub mod alsa;
 #[cfg(feature = "jack")]
 pub mod jack;
 pub mod offline;
+#[cfg(feature = "pipewire")]
+pub mod pipewire;
 pub mod virtual_graph;
 
 use std::fmt;
-#[cfg(feature = "jack")]
+#[cfg(any(feature = "jack", feature = "pipewire"))]
 use std::sync::Arc;
 
 use crate::engine::{AudioInputs, Processor, NO_INPUT};
@@ -251,15 +254,20 @@ pub enum Graph {
     /// The shared JACK client.
     #[cfg(feature = "jack")]
     Jack(Arc<jack::JackGraph>),
+    /// The shared PipeWire filter node.
+    #[cfg(feature = "pipewire")]
+    PipeWire(Arc<pipewire::PipeWireGraph>),
     /// An ALSA device through cpal.
     #[cfg(feature = "alsa")]
     Alsa(alsa::AlsaGraph),
 }
 
 impl Graph {
-    /// Chooses the graph for `backend` (`auto`, `jack`, `alsa` or `virtual`): `auto` takes the
-    /// first that works of JACK (a server answers), ALSA (the configured device opens) and the
-    /// virtual graph, and logs why each was skipped. `jack` and `alsa` fail when theirs does not.
+    /// Chooses the graph for `backend` (`auto`, `jack`, `pipewire`, `alsa` or `virtual`):
+    /// `auto` takes the first that works of JACK (a server answers), PipeWire (a server
+    /// answers), ALSA (the configured device opens) and the virtual graph, and logs why each was
+    /// skipped. The others fail when theirs does not. The PipeWire node is named like the JACK
+    /// client (`jack.client_name`).
     pub fn choose(
         backend: &str,
         virtual_config: VirtualConfig,
@@ -270,23 +278,41 @@ impl Graph {
             "virtual" => Ok(Graph::Virtual(virtual_config)),
             #[cfg(feature = "jack")]
             "jack" => Ok(Graph::Jack(jack::JackGraph::open(jack)?)),
+            #[cfg(feature = "pipewire")]
+            "pipewire" => Ok(Graph::PipeWire(Arc::new(pipewire::PipeWireGraph::open(
+                &pipewire_settings(jack),
+            )?))),
             #[cfg(feature = "alsa")]
             "alsa" => Ok(Graph::Alsa(alsa::AlsaGraph::open(alsa)?)),
-            "auto" => Ok(Graph::auto(virtual_config, jack, alsa)),
+            "auto" => Ok(Graph::choose_auto(virtual_config, jack, alsa)),
             other => Err(BackendError::failed(format!(
                 "backend {other:?} is not available in this build (auto, {}virtual)",
-                <[&str]>::concat(&[
-                    #[cfg(feature = "jack")]
-                    "jack, ",
-                    #[cfg(feature = "alsa")]
-                    "alsa, ",
-                ])
+                Graph::compiled()
             ))),
         }
     }
 
-    /// `auto`: JACK, then ALSA, then the virtual graph, logging why each was skipped.
-    fn auto(virtual_config: VirtualConfig, jack: &JackSettings, alsa: &AlsaSettings) -> Graph {
+    /// The server and device backends this build has, for messages (`"jack, pipewire, "`).
+    fn compiled() -> String {
+        let mut names = String::new();
+        for (on, name) in [
+            (cfg!(feature = "jack"), "jack, "),
+            (cfg!(feature = "pipewire"), "pipewire, "),
+            (cfg!(feature = "alsa"), "alsa, "),
+        ] {
+            if on {
+                names.push_str(name);
+            }
+        }
+        names
+    }
+
+    /// `auto`: JACK → PipeWire → ALSA → virtual, logging why each was skipped.
+    fn choose_auto(
+        virtual_config: VirtualConfig,
+        jack: &JackSettings,
+        alsa: &AlsaSettings,
+    ) -> Graph {
         #[cfg(feature = "jack")]
         match jack::JackGraph::open(jack) {
             Ok(graph) => {
@@ -297,13 +323,26 @@ impl Graph {
                 );
                 return Graph::Jack(graph);
             }
-            Err(e) => tracing::info!("backend auto: {e}; not using JACK"),
+            Err(e) => tracing::info!("backend auto: JACK skipped: {e}"),
         }
         #[cfg(not(feature = "jack"))]
-        {
-            let _ = jack;
-            tracing::info!("backend auto: this build has no JACK support");
+        tracing::info!("backend auto: JACK skipped: this build has no JACK support");
+        #[cfg(feature = "pipewire")]
+        match pipewire::PipeWireGraph::open(&pipewire_settings(jack)) {
+            Ok(graph) => {
+                tracing::info!(
+                    node = graph.node_name(),
+                    rate = graph.sample_rate(),
+                    "backend auto: a PipeWire server answers; using PipeWire"
+                );
+                return Graph::PipeWire(Arc::new(graph));
+            }
+            Err(e) => tracing::info!("backend auto: PipeWire skipped: {e}"),
         }
+        #[cfg(not(feature = "pipewire"))]
+        tracing::info!("backend auto: PipeWire skipped: this build has no PipeWire support");
+        #[cfg(not(any(feature = "jack", feature = "pipewire")))]
+        let _ = jack;
         #[cfg(feature = "alsa")]
         match alsa::AlsaGraph::open(alsa) {
             Ok(graph) => {
@@ -314,18 +353,18 @@ impl Graph {
                 );
                 return Graph::Alsa(graph);
             }
-            Err(e) => tracing::info!("backend auto: {e}; not using ALSA"),
+            Err(e) => tracing::info!("backend auto: ALSA skipped: {e}"),
         }
         #[cfg(not(feature = "alsa"))]
         {
             let _ = alsa;
-            tracing::info!("backend auto: this build has no ALSA support");
+            tracing::info!("backend auto: ALSA skipped: this build has no ALSA support");
         }
         tracing::info!("backend auto: using the virtual graph");
         Graph::Virtual(virtual_config)
     }
 
-    /// `virtual`, `jack` or `alsa`.
+    /// `virtual`, `jack`, `pipewire` or `alsa`.
     pub fn name(&self) -> &'static str {
         match self {
             Graph::Virtual(_) => "virtual",
@@ -333,6 +372,8 @@ impl Graph {
             Graph::Jack(_) => "jack",
             #[cfg(feature = "alsa")]
             Graph::Alsa(_) => "alsa",
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(_) => "pipewire",
         }
     }
 
@@ -344,6 +385,8 @@ impl Graph {
             Graph::Jack(graph) => graph.sample_rate(),
             #[cfg(feature = "alsa")]
             Graph::Alsa(graph) => graph.sample_rate(),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.sample_rate(),
         }
     }
 
@@ -353,6 +396,8 @@ impl Graph {
             Graph::Virtual(config) => config.period,
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.period(),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.info().period,
             #[cfg(feature = "alsa")]
             Graph::Alsa(graph) => graph.period(),
         }
@@ -366,6 +411,8 @@ impl Graph {
             Graph::Jack(graph) => graph.devices(),
             #[cfg(feature = "alsa")]
             Graph::Alsa(graph) => graph.devices(),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.devices(),
         }
     }
 
@@ -379,6 +426,8 @@ impl Graph {
             Graph::Jack(graph) => graph.check_input(input, channels),
             #[cfg(feature = "alsa")]
             Graph::Alsa(graph) => graph.check_input(input, channels),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.check_input(input, channels),
         }
     }
 
@@ -391,11 +440,13 @@ impl Graph {
             Graph::Jack(graph) => graph.default_input(index, channels),
             #[cfg(feature = "alsa")]
             Graph::Alsa(graph) => graph.default_input(index, channels),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => graph.default_input(index, channels),
         }
     }
 
-    /// Starts a session's audio: its own virtual thread, a node on the shared JACK client, or
-    /// its own ALSA streams.
+    /// Starts a session's audio: its own virtual thread, a node on the shared JACK client or
+    /// PipeWire node, or its own ALSA streams.
     pub fn start(
         &self,
         session_name: &str,
@@ -404,7 +455,7 @@ impl Graph {
         processor: Processor,
     ) -> Result<Box<dyn RunningBackend>, BackendError> {
         // Only graphs with ports per session name them.
-        #[cfg(not(feature = "jack"))]
+        #[cfg(not(any(feature = "jack", feature = "pipewire")))]
         let _ = session_name;
         match self {
             Graph::Virtual(config) => {
@@ -421,7 +472,19 @@ impl Graph {
             Graph::Jack(graph) => graph.attach(session_name, sample_rate, max_tracks, processor),
             #[cfg(feature = "alsa")]
             Graph::Alsa(graph) => graph.start(sample_rate, processor),
+            #[cfg(feature = "pipewire")]
+            Graph::PipeWire(graph) => {
+                graph.attach(session_name, sample_rate, max_tracks, processor)
+            }
         }
+    }
+}
+
+/// The PipeWire node's settings: it is named like the JACK client.
+#[cfg(feature = "pipewire")]
+fn pipewire_settings(jack: &JackSettings) -> pipewire::PipeWireSettings {
+    pipewire::PipeWireSettings {
+        node_name: jack.client_name.clone(),
     }
 }
 

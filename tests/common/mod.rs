@@ -6,6 +6,8 @@
 
 #[cfg(feature = "jack")]
 pub mod jack;
+#[cfg(all(feature = "pipewire", feature = "jack"))]
+pub mod pipewire;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -70,6 +72,8 @@ pub struct Settings {
     pub backend: &'static str,
     /// The private JACK server the daemon talks to (`JACK_DEFAULT_SERVER`).
     pub jack_server: Option<String>,
+    /// `XDG_RUNTIME_DIR` of the daemon (where it finds a private PipeWire server).
+    pub runtime_dir: Option<PathBuf>,
     /// More TOML appended to the config file (whole sections).
     pub extra_config: String,
     /// Extra environment of the daemon (e.g. `HOME` for an `.asoundrc`).
@@ -86,6 +90,7 @@ impl Default for Settings {
             max_tracks: 64,
             backend: "virtual",
             jack_server: None,
+            runtime_dir: None,
             extra_config: String::new(),
             env: Vec::new(),
         }
@@ -168,6 +173,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(dir) = &settings.runtime_dir {
+            command.env("XDG_RUNTIME_DIR", dir);
+        }
         apply_reach(&mut command, reach);
         match &settings.jack_server {
             Some(name) => command.env("JACK_DEFAULT_SERVER", name),

@@ -1,0 +1,1912 @@
+//! The native PipeWire backend: one `pw_filter` node (named like the JACK client, `overdub` by
+//! default) shared by every active session, run by a `pw_thread_loop`.
+//!
+//! The node has `node.always-process = true`, so the graph's driver (a sound card, or PipeWire's
+//! Dummy-Driver when there is none) runs it even while nothing is linked, and its process
+//! callback runs on PipeWire's real-time data thread (`PW_FILTER_FLAG_RT_PROCESS`). All ports
+//! are DSP ports (`32 bit float mono audio`), as JACK clients see them through `pw-jack`.
+//!
+//! Each session attaches a *node* exactly as with JACK: its [`Processor`], one input port per
+//! track channel (`<session>.<track>.in`, or `.in_L`/`.in_R` for stereo) and two master outputs
+//! (`<session>.master_out_L/R`). Ports are added to the filter off the real-time thread (thread
+//! loop locked) and swapped into the process callback through a pre-allocated queue; what they
+//! replace comes back on another queue and is removed off the real-time thread. A track's
+//! `input` word is the set of PipeWire ports linked to its input ports, named
+//! `<node.name>:<port.name>` as `pw-link` shows them: channels separated by `,`, several sources
+//! of one channel by `+` (`test-feeder:out_1,test-feeder:out_2`); `none` unlinks. Links are
+//! created through the `link-factory`, and links made by other programs are seen in the registry
+//! and reported so control can store them.
+//!
+//! When the server goes away (the core reports `EPIPE`, or the filter errors) the graph destroys
+//! the filter, takes every node back from the process data (which it owns), reports the loss and
+//! tries to connect again every [`RECONNECT_INTERVAL`]; when the server answers, the ports are
+//! added again, the nodes re-attached and the links restored.
+//!
+//! Real-time code: [`on_process`] and what it calls. Everything else runs on control's threads
+//! or on the thread loop.
+
+use std::cell::UnsafeCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{c_int, c_void, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ::pipewire as pw;
+use pw::context::ContextRc;
+use pw::core::CoreRc;
+use pw::link::Link;
+use pw::properties::PropertiesBox;
+use pw::registry::RegistryRc;
+use pw::spa::sys as spa_sys;
+use pw::sys as pw_sys;
+use pw::thread_loop::ThreadLoopRc;
+use pw::types::ObjectType;
+
+use super::{
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
+    TransportRequest,
+};
+use crate::engine::{ProcessContext, Processor, NO_INPUT};
+
+/// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
+pub const MAX_NODES: usize = 16;
+/// Frames copied from the ports per processor call; longer quanta are run in chunks.
+const CHUNK_FRAMES: usize = 2048;
+/// The most frames a DSP port buffer holds (pw_filter's `MAX_SAMPLES`); longer cycles are cut.
+const MAX_DSP_FRAMES: usize = 8192;
+/// Capacity of the command and hand-back queues between control and the process callback.
+const QUEUE: usize = 1024;
+/// How often a lost server is looked for.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long detaching a node may wait for the process callback to hand it back.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for the server to confirm the node, a port or a link.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// The DSP format of every port.
+const DSP_FORMAT: &str = "32 bit float mono audio";
+/// Proxies of links overdub made are dropped when the registry has not shown their link for
+/// this long (the link was removed, or never came).
+const LINK_PROXY_GRACE: Duration = Duration::from_secs(5);
+
+/// The settings of the PipeWire node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipeWireSettings {
+    /// `node.name` of the filter (the JACK client name setting, `overdub` by default).
+    pub node_name: String,
+}
+
+/// One port of the filter: the `port_data` pointer `pw_filter_add_port` returned, and the
+/// connection it belongs to (ports of a lost connection are never touched again).
+#[derive(Clone, Copy, Debug)]
+struct PortHandle {
+    data: NonNull<c_void>,
+    generation: u64,
+}
+
+// SAFETY: the pointer is only dereferenced by PipeWire: in `pw_filter_get_dsp_buffer` on the
+// data thread while the port is in the process callback's tables, and in `pw_filter_remove_port`
+// on a control thread with the thread loop locked after the callback handed it back. Moving the
+// handle between those threads is what the command queues do.
+unsafe impl Send for PortHandle {}
+
+impl PortHandle {
+    /// The port's DSP buffer for this cycle, or null (an unlinked input or output).
+    /// **Real-time safe** (PipeWire's `pw_filter_get_dsp_buffer` only pops a lock-free queue).
+    fn buffer(self, frames: usize) -> *mut f32 {
+        // SAFETY: `data` is a live port of the running filter (see `PortHandle`), called once
+        // per port per cycle on the data thread as PipeWire requires.
+        unsafe { pw_sys::pw_filter_get_dsp_buffer(self.data.as_ptr(), frames as u32).cast() }
+    }
+}
+
+/// The input ports of one track, moved into the process callback, with the cycle's buffers.
+struct TrackPorts {
+    ports: [Option<PortHandle>; 2],
+    /// This cycle's DSP buffers (set at the start of every cycle, null when absent).
+    buffers: [*const f32; 2],
+}
+
+// SAFETY: `buffers` holds pointers only during one cycle on the data thread; between cycles they
+// are stale and never read (every cycle sets them first). `ports` is `Send`.
+unsafe impl Send for TrackPorts {}
+
+impl TrackPorts {
+    fn new(ports: [Option<PortHandle>; 2]) -> Self {
+        TrackPorts {
+            ports,
+            buffers: [ptr::null(); 2],
+        }
+    }
+
+    fn handles(&self) -> impl Iterator<Item = PortHandle> + '_ {
+        self.ports.iter().flatten().copied()
+    }
+}
+
+/// One session in the process callback: its processor, its ports and its buffers.
+struct Node {
+    processor: Processor,
+    inputs: PlanarInputs,
+    tracks: Box<[Option<Box<TrackPorts>>]>,
+    master: [PortHandle; 2],
+    /// Where the processor writes the master before it is copied to the ports.
+    scratch: [Box<[f32]>; 2],
+}
+
+impl Node {
+    /// Copies the tracks' port buffers into the planar inputs, runs the processor in chunks of
+    /// [`CHUNK_FRAMES`] and copies the master to its ports. **Real-time safe**.
+    fn run(&mut self, frames: usize) {
+        let frames = frames.min(MAX_DSP_FRAMES);
+        let Node {
+            processor,
+            inputs,
+            tracks,
+            master,
+            scratch,
+        } = self;
+        for ports in tracks.iter_mut().flatten() {
+            let TrackPorts { ports, buffers } = &mut **ports;
+            for (port, buffer) in ports.iter().zip(buffers.iter_mut()) {
+                *buffer = port.map_or(ptr::null(), |p| p.buffer(frames).cast_const());
+            }
+        }
+        let outputs = [master[0].buffer(frames), master[1].buffer(frames)];
+        let [left, right] = scratch;
+        let mut done = 0;
+        while done < frames {
+            let len = (frames - done).min(inputs.capacity());
+            inputs.set_frames(len);
+            for (slot, ports) in tracks.iter().enumerate() {
+                let Some(ports) = ports else { continue };
+                for (channel, source) in ports.buffers.iter().enumerate() {
+                    if ports.ports[channel].is_none() {
+                        continue;
+                    }
+                    let target = inputs.channel_mut(2 * slot + channel);
+                    if source.is_null() {
+                        target.fill(0.0);
+                    } else {
+                        // SAFETY: PipeWire's DSP buffer holds at least `frames` samples for this
+                        // cycle (clamped to `MAX_DSP_FRAMES`), and `done + len <= frames`.
+                        let source = unsafe { std::slice::from_raw_parts(source.add(done), len) };
+                        let n = source.len().min(target.len());
+                        target[..n].copy_from_slice(&source[..n]);
+                    }
+                }
+            }
+            let (Some(left), Some(right)) = (left.get_mut(..len), right.get_mut(..len)) else {
+                return;
+            };
+            processor.process(&mut ProcessContext {
+                frames: len,
+                inputs,
+                master_left: left,
+                master_right: right,
+                track_outputs: None,
+            });
+            for (output, mix) in outputs.iter().zip([&*left, &*right]) {
+                if !output.is_null() {
+                    // SAFETY: as above, for the output port's buffer, which only this callback
+                    // writes during the cycle.
+                    let output = unsafe { std::slice::from_raw_parts_mut(output.add(done), len) };
+                    output.copy_from_slice(mix);
+                }
+            }
+            done += len;
+        }
+    }
+}
+
+/// Commands from control to the process callback.
+enum GraphCommand {
+    /// Puts a node in slot `index`.
+    Attach { index: usize, node: Box<Node> },
+    /// Takes the node out of slot `index` and hands it back.
+    Detach { index: usize },
+    /// Replaces the ports of track `slot` of node `index`.
+    SetTrack {
+        index: usize,
+        slot: usize,
+        ports: Option<Box<TrackPorts>>,
+    },
+}
+
+/// What the process callback hands back to be freed (or removed) off the real-time thread.
+enum Retired {
+    Node { index: usize, node: Box<Node> },
+    Track(Box<TrackPorts>),
+}
+
+/// The real-time side: the nodes and the queues.
+struct FilterProcess {
+    nodes: Box<[Option<Box<Node>>]>,
+    commands: rtrb::Consumer<GraphCommand>,
+    retired: rtrb::Producer<Retired>,
+    /// The driver clock's id and the position where the next cycle should start.
+    expected: Option<(u32, u64)>,
+}
+
+impl FilterProcess {
+    /// Applies queued commands while the hand-back queue has room for what they replace.
+    /// **Real-time safe**.
+    fn apply_commands(&mut self) {
+        while self.retired.slots() > 0 {
+            let Ok(command) = self.commands.pop() else {
+                return;
+            };
+            match command {
+                GraphCommand::Attach { index, node } => match self.nodes.get_mut(index) {
+                    Some(cell) => {
+                        if let Some(old) = cell.replace(node) {
+                            let _ = self.retired.push(Retired::Node { index, node: old });
+                        }
+                    }
+                    None => {
+                        let _ = self.retired.push(Retired::Node { index, node });
+                    }
+                },
+                GraphCommand::Detach { index } => {
+                    if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {
+                        let _ = self.retired.push(Retired::Node { index, node });
+                    }
+                }
+                GraphCommand::SetTrack { index, slot, ports } => {
+                    let cell = self
+                        .nodes
+                        .get_mut(index)
+                        .and_then(|node| node.as_mut())
+                        .and_then(|node| node.tracks.get_mut(slot));
+                    match cell {
+                        Some(cell) => {
+                            if let Some(old) = std::mem::replace(cell, ports) {
+                                let _ = self.retired.push(Retired::Track(old));
+                            }
+                        }
+                        None => {
+                            if let Some(ports) = ports {
+                                let _ = self.retired.push(Retired::Track(ports));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this cycle starts where the last one ended on the same driver clock: when the
+    /// driver's position jumps ahead, cycles went by without this node (an xrun: the takes miss
+    /// those frames). **Real-time safe**.
+    fn missed_cycles(&mut self, clock: &spa_sys::spa_io_clock) -> bool {
+        let missed =
+            matches!(self.expected, Some((id, at)) if id == clock.id && clock.position > at);
+        self.expected = Some((clock.id, clock.position.wrapping_add(clock.duration)));
+        missed
+    }
+
+    /// One graph cycle: commands, then every node. **Real-time safe**.
+    fn cycle(&mut self, frames: usize) {
+        self.apply_commands();
+        for node in self.nodes.iter_mut().flatten() {
+            node.run(frames);
+        }
+    }
+
+    /// Every node it holds or was sent, for a lost connection. **Not** real-time safe; only
+    /// once the filter is destroyed.
+    fn rescue(&mut self, parked: &mut [Option<Box<Node>>]) {
+        let mut park = |index: usize, node: Box<Node>| {
+            if let Some(cell) = parked.get_mut(index) {
+                *cell = Some(node);
+            }
+        };
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(node) = node.take() {
+                park(index, node);
+            }
+        }
+        while let Ok(command) = self.commands.pop() {
+            if let GraphCommand::Attach { index, node } = command {
+                park(index, node);
+            }
+        }
+    }
+}
+
+/// What the filter's callbacks receive as user data.
+struct FilterData {
+    signals: Arc<GraphSignals>,
+    /// Touched only by the process callback while the filter lives, then by the graph.
+    process: UnsafeCell<FilterProcess>,
+}
+
+/// The filter's process callback: runs every node over the cycle's `clock.duration` frames,
+/// publishes that quantum and counts cycles the node missed as xruns. **Real-time safe**: no allocation, lock, syscall or
+/// log; a panic is caught.
+unsafe extern "C" fn on_process(data: *mut c_void, position: *mut spa_sys::spa_io_position) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `data` is the `FilterData` the graph registered with this filter; it outlives
+        // the filter, and only this callback touches `process` while the filter lives.
+        let Some(data) = (unsafe { data.cast::<FilterData>().as_ref() }) else {
+            return;
+        };
+        // SAFETY: PipeWire passes the driver's position for this cycle (or null).
+        let Some(position) = (unsafe { position.as_ref() }) else {
+            return;
+        };
+        let frames = usize::try_from(position.clock.duration).unwrap_or(0);
+        data.signals
+            .period
+            .store(u32::try_from(frames).unwrap_or(u32::MAX), Ordering::Relaxed);
+        // SAFETY: see above: the process data is exclusively this callback's while it runs.
+        let process = unsafe { &mut *data.process.get() };
+        if process.missed_cycles(&position.clock) {
+            data.signals.xruns.fetch_add(1, Ordering::Relaxed);
+        }
+        process.cycle(frames);
+    }));
+}
+
+/// The filter's state callback (thread loop): an error state means the node is gone.
+unsafe extern "C" fn on_state_changed(
+    data: *mut c_void,
+    _old: pw_sys::pw_filter_state,
+    state: pw_sys::pw_filter_state,
+    _error: *const std::ffi::c_char,
+) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in `on_process`; only the `Sync` signals are read here.
+        if let Some(data) = unsafe { data.cast::<FilterData>().as_ref() } {
+            if state == pw_sys::pw_filter_state_PW_FILTER_STATE_ERROR {
+                data.signals.lost.store(true, Ordering::Release);
+            }
+        }
+    }));
+}
+
+/// The filter's events. Lives forever, as PipeWire requires of the table.
+static FILTER_EVENTS: pw_sys::pw_filter_events = pw_sys::pw_filter_events {
+    version: pw_sys::PW_VERSION_FILTER_EVENTS,
+    destroy: None,
+    state_changed: Some(on_state_changed),
+    io_changed: None,
+    param_changed: None,
+    add_buffer: None,
+    remove_buffer: None,
+    process: Some(on_process),
+    drained: None,
+    command: None,
+};
+
+/// A port as the registry describes it.
+#[derive(Clone, Debug)]
+struct PortFacts {
+    node: u32,
+    name: String,
+    output: bool,
+    audio: bool,
+    physical: bool,
+}
+
+/// The graph as the registry shows it, kept by the thread loop's listeners.
+#[derive(Default)]
+struct Model {
+    /// Node id → `node.name`.
+    nodes: BTreeMap<u32, String>,
+    ports: BTreeMap<u32, PortFacts>,
+    /// Link id → (output port, input port).
+    links: BTreeMap<u32, (u32, u32)>,
+    /// Input ports whose links changed since control last looked.
+    touched: Vec<u32>,
+    /// `default.clock.rate` and `default.clock.quantum` from the core's info.
+    default_rate: Option<u32>,
+    default_quantum: Option<u32>,
+}
+
+impl Model {
+    /// `<node.name>:<port.name>` of a port.
+    fn full_name(&self, port: u32) -> Option<String> {
+        let facts = self.ports.get(&port)?;
+        let node = self.nodes.get(&facts.node)?;
+        Some(format!("{node}:{}", facts.name))
+    }
+
+    /// The port called `<node.name>:<port.name>`.
+    fn find(&self, full: &str) -> Option<(u32, &PortFacts)> {
+        self.ports
+            .iter()
+            .find(|(_, facts)| {
+                self.nodes.get(&facts.node).is_some_and(|node| {
+                    full.strip_prefix(node.as_str())
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        == Some(facts.name.as_str())
+                })
+            })
+            .map(|(&id, facts)| (id, facts))
+    }
+
+    /// The output ports linked into `input`, sorted by name.
+    fn sources(&self, input: u32) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .links
+            .values()
+            .filter(|(_, to)| *to == input)
+            .filter_map(|(from, _)| self.full_name(*from))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The input word of a track's ports as the graph has them linked now.
+    fn read_input(&self, ports: &[u32]) -> String {
+        let groups: Vec<String> = ports.iter().map(|&p| self.sources(p).join("+")).collect();
+        if groups.iter().all(String::is_empty) {
+            "none".into()
+        } else {
+            groups.join(",")
+        }
+    }
+
+    fn global(
+        &mut self,
+        id: u32,
+        type_: &ObjectType,
+        props: Option<&pw::spa::utils::dict::DictRef>,
+    ) {
+        let get = |key: &str| props.and_then(|p| p.get(key));
+        let number = |key: &str| get(key).and_then(|v| v.parse::<u32>().ok());
+        match type_ {
+            ObjectType::Node => {
+                if let Some(name) = get("node.name") {
+                    self.nodes.insert(id, name.to_string());
+                }
+            }
+            ObjectType::Port => {
+                let (Some(node), Some(name)) = (number("node.id"), get("port.name")) else {
+                    return;
+                };
+                self.ports.insert(
+                    id,
+                    PortFacts {
+                        node,
+                        name: name.to_string(),
+                        output: get("port.direction") == Some("out"),
+                        audio: get("format.dsp").is_some_and(|f| f.contains("audio")),
+                        physical: get("port.physical") == Some("true"),
+                    },
+                );
+            }
+            ObjectType::Link => {
+                if let (Some(from), Some(to)) =
+                    (number("link.output.port"), number("link.input.port"))
+                {
+                    self.links.insert(id, (from, to));
+                    self.touch(to);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn global_remove(&mut self, id: u32) {
+        self.nodes.remove(&id);
+        if self.ports.remove(&id).is_some() {
+            self.touched.retain(|&port| port != id);
+        }
+        if let Some((_, to)) = self.links.remove(&id) {
+            if self.ports.contains_key(&to) {
+                self.touch(to);
+            }
+        }
+    }
+
+    fn touch(&mut self, port: u32) {
+        if !self.touched.contains(&port) {
+            self.touched.push(port);
+        }
+    }
+}
+
+/// Facts the thread loop and the process callback publish for control.
+#[derive(Default)]
+struct GraphSignals {
+    /// The server went away (core `EPIPE`) or refused the node.
+    lost: AtomicBool,
+    /// `clock.duration` of the last cycle (0 before the first).
+    period: AtomicU32,
+    /// Cycles the node missed (the driver's position jumped past it) since it connected.
+    xruns: AtomicU64,
+    /// The registry's view. Lock order: the thread loop's lock first (its listeners run with it
+    /// held), then this one; never the thread loop's while holding this.
+    model: Mutex<Model>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Holds a thread loop's lock (the thread loop does not dispatch while it is held).
+struct LoopLock(*mut pw_sys::pw_thread_loop);
+
+impl LoopLock {
+    fn new(thread_loop: &ThreadLoopRc) -> LoopLock {
+        let raw = thread_loop.as_raw_ptr();
+        // SAFETY: the thread loop lives as long as the connection that owns it and this lock.
+        unsafe { pw_sys::pw_thread_loop_lock(raw) };
+        LoopLock(raw)
+    }
+}
+
+impl Drop for LoopLock {
+    fn drop(&mut self) {
+        // SAFETY: locked in `new` by this thread.
+        unsafe { pw_sys::pw_thread_loop_unlock(self.0) };
+    }
+}
+
+/// Work for the data thread and its result (see [`between_cycles`]).
+struct Job {
+    work: Option<Box<dyn FnOnce() -> *mut c_void>>,
+    result: Option<*mut c_void>,
+}
+
+// SAFETY: a job carries pointers to PipeWire objects of one connection; it runs once, on the
+// data thread, while the thread that queued it holds the thread loop's lock and waits for it.
+unsafe impl Send for Job {}
+
+type JobCell = (Mutex<Job>, std::sync::Condvar);
+
+/// Runs `work` on PipeWire's data thread between two cycles and waits for its result, so the
+/// filter's port list (which its own cycle walks) never changes under a running cycle. Called
+/// with the thread loop locked. The job is queued without PipeWire's blocking wait (which was
+/// seen to return before the job ran) and shared, so a job that has not started when the wait
+/// gives up is cancelled, and one that runs late finds its cell alive. `None` if it did not
+/// run. The job may allocate: it runs between cycles, once per port added or removed.
+fn between_cycles(
+    data_loop: *mut pw_sys::pw_data_loop,
+    work: impl FnOnce() -> *mut c_void + 'static,
+) -> Option<*mut c_void> {
+    unsafe extern "C" fn trampoline(
+        _loop: *mut spa_sys::spa_loop,
+        _async: bool,
+        _seq: u32,
+        _data: *const c_void,
+        _size: usize,
+        user_data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: `user_data` is the reference `between_cycles` leaked for this call.
+        let cell = unsafe { Arc::from_raw(user_data.cast_const().cast::<JobCell>()) };
+        let work = lock(&cell.0).work.take();
+        if let Some(work) = work {
+            let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or(ptr::null_mut());
+            lock(&cell.0).result = Some(result);
+            cell.1.notify_all();
+        }
+        0
+    }
+    let cell: Arc<JobCell> = Arc::new((
+        Mutex::new(Job {
+            work: Some(Box::new(work)),
+            result: None,
+        }),
+        std::sync::Condvar::new(),
+    ));
+    let user_data = Arc::into_raw(Arc::clone(&cell));
+    // SAFETY: a non-blocking invoke on the context's data loop (run at once when that loop is
+    // not running); the trampoline owns the reference passed as user data.
+    let queued = unsafe {
+        pw_sys::pw_data_loop_invoke(
+            data_loop,
+            Some(trampoline),
+            0,
+            ptr::null(),
+            0,
+            false,
+            user_data.cast_mut().cast(),
+        )
+    };
+    let mut job = lock(&cell.0);
+    if queued < 0 {
+        job.work = None;
+        return job.result;
+    }
+    let deadline = Instant::now() + SERVER_TIMEOUT;
+    while job.result.is_none() {
+        let now = Instant::now();
+        if now >= deadline {
+            if job.work.take().is_some() {
+                return None;
+            }
+            // Running now: it ends soon.
+            job = cell
+                .1
+                .wait_timeout(job, SERVER_TIMEOUT)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            return job.result;
+        }
+        job = cell
+            .1
+            .wait_timeout(job, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    job.result
+}
+
+/// The live connection: thread loop, context, core, registry, the filter and its queues.
+struct Connection {
+    generation: u64,
+    thread_loop: ThreadLoopRc,
+    context: Option<ContextRc>,
+    core: Option<CoreRc>,
+    registry: Option<RegistryRc>,
+    core_listener: Option<pw::core::Listener>,
+    registry_listener: Option<pw::registry::Listener>,
+    filter: NonNull<pw_sys::pw_filter>,
+    /// The filter's listener hook: never read, but PipeWire holds its address until the
+    /// filter is destroyed in `close`.
+    _filter_hook: Box<spa_sys::spa_hook>,
+    /// The callbacks' user data; owned here, reclaimed in `close`.
+    data: NonNull<FilterData>,
+    data_loop: *mut pw_sys::pw_data_loop,
+    node_id: u32,
+    commands: rtrb::Producer<GraphCommand>,
+    retired: rtrb::Consumer<Retired>,
+    signals: Arc<GraphSignals>,
+    /// Proxies of the links overdub made, by (output port, input port), with when they were
+    /// last seen in the registry (dropping a proxy destroys its link).
+    links: HashMap<(u32, u32), (Instant, Link)>,
+    closed: bool,
+}
+
+// SAFETY: the PipeWire objects (and the `Rc`s around them) are used only by the thread that
+// holds the graph's state mutex, with the thread loop locked or stopped; the thread loop's
+// listeners capture only the `Arc<GraphSignals>`, and the process callback touches only the
+// `FilterData` it was given.
+unsafe impl Send for Connection {}
+
+impl Connection {
+    /// Connects to the server (`$PIPEWIRE_REMOTE` or the default socket in
+    /// `$XDG_RUNTIME_DIR`), creates and connects the filter node and waits until the server has
+    /// confirmed it. Fails quickly when no server answers; never starts one.
+    fn open(node_name: &str, generation: u64) -> Result<Connection, BackendError> {
+        let failed = |what: &str, e: pw::Error| BackendError::failed(format!("{what}: {e}"));
+        // SAFETY: creates a thread loop (and initializes PipeWire once); no other requirement.
+        let thread_loop = unsafe { ThreadLoopRc::new(Some("overdub-pipewire"), None) }
+            .map_err(|e| failed("cannot create the PipeWire thread loop", e))?;
+        let context = ContextRc::new(&thread_loop, None)
+            .map_err(|e| failed("cannot create a PipeWire context", e))?;
+        let core = context
+            .connect_rc(None)
+            .map_err(|e| failed("no PipeWire server answers", e))?;
+        let signals = Arc::new(GraphSignals::default());
+        let on_info = Arc::clone(&signals);
+        let on_error = Arc::clone(&signals);
+        let core_listener = core
+            .add_listener_local()
+            .info(move |info| {
+                let Some(props) = info.props() else { return };
+                let number = |key: &str| props.get(key).and_then(|v| v.parse::<u32>().ok());
+                let mut model = lock(&on_info.model);
+                model.default_rate = number("default.clock.rate").or(model.default_rate);
+                model.default_quantum = number("default.clock.quantum").or(model.default_quantum);
+            })
+            .error(move |id, _seq, res, message| {
+                if id == pw_sys::PW_ID_CORE && res == -libc::EPIPE {
+                    on_error.lost.store(true, Ordering::Release);
+                } else {
+                    tracing::warn!("PipeWire error on object {id}: {message} ({res})");
+                }
+            })
+            .register();
+        let registry = core
+            .get_registry_rc()
+            .map_err(|e| failed("cannot read the PipeWire registry", e))?;
+        let on_global = Arc::clone(&signals);
+        let on_remove = Arc::clone(&signals);
+        let registry_listener = registry
+            .add_listener_local()
+            .global(move |global| {
+                lock(&on_global.model).global(global.id, &global.type_, global.props);
+            })
+            .global_remove(move |id| lock(&on_remove.model).global_remove(id))
+            .register();
+
+        let (command_tx, command_rx) = rtrb::RingBuffer::new(QUEUE);
+        let (retired_tx, retired_rx) = rtrb::RingBuffer::new(QUEUE);
+        let data = Box::new(FilterData {
+            signals: Arc::clone(&signals),
+            process: UnsafeCell::new(FilterProcess {
+                nodes: (0..MAX_NODES).map(|_| None).collect(),
+                commands: command_rx,
+                retired: retired_tx,
+                expected: None,
+            }),
+        });
+        let data = NonNull::from(Box::leak(data));
+        let mut props = PropertiesBox::new();
+        props.insert("node.name", node_name);
+        // pipewire-jack names a node's JACK client after its description.
+        props.insert("node.description", node_name);
+        props.insert("media.type", "Audio");
+        props.insert("media.category", "Duplex");
+        props.insert("media.role", "Production");
+        props.insert("node.always-process", "true");
+        let name = CString::new(node_name)
+            .map_err(|_| BackendError::failed("the node name contains a NUL byte"))?;
+        // SAFETY: the core is connected; the properties' ownership passes to the filter.
+        let filter =
+            unsafe { pw_sys::pw_filter_new(core.as_raw_ptr(), name.as_ptr(), props.into_raw()) };
+        let Some(filter) = NonNull::new(filter) else {
+            // SAFETY: never given to a filter: reclaim it.
+            drop(unsafe { Box::from_raw(data.as_ptr()) });
+            return Err(BackendError::failed(
+                "cannot create the PipeWire filter node",
+            ));
+        };
+        // SAFETY: a zeroed `spa_hook` is its documented initial state.
+        let mut filter_hook: Box<spa_sys::spa_hook> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: the filter is new and the loop not started yet; the hook, the static events
+        // and the user data all outlive the filter (see `close`).
+        let connected = unsafe {
+            pw_sys::pw_filter_add_listener(
+                filter.as_ptr(),
+                &mut *filter_hook,
+                &FILTER_EVENTS,
+                data.as_ptr().cast(),
+            );
+            pw_sys::pw_filter_connect(
+                filter.as_ptr(),
+                pw_sys::pw_filter_flags_PW_FILTER_FLAG_RT_PROCESS,
+                ptr::null_mut(),
+                0,
+            )
+        };
+        // SAFETY: the context is alive for the connection's life.
+        let data_loop = unsafe { pw_sys::pw_context_get_data_loop(context.as_raw_ptr()) };
+        let mut connection = Connection {
+            generation,
+            thread_loop,
+            context: Some(context),
+            core: Some(core),
+            registry: Some(registry),
+            core_listener: Some(core_listener),
+            registry_listener: Some(registry_listener),
+            filter,
+            _filter_hook: filter_hook,
+            data,
+            data_loop,
+            node_id: pw_sys::PW_ID_ANY,
+            commands: command_tx,
+            retired: retired_rx,
+            signals,
+            links: HashMap::new(),
+            closed: false,
+        };
+        if connected < 0 {
+            return Err(BackendError::failed(format!(
+                "cannot connect the PipeWire filter node ({connected})"
+            )));
+        }
+        connection.thread_loop.start();
+        let node_id = connection.wait(|conn| {
+            let id = {
+                let _lock = LoopLock::new(&conn.thread_loop);
+                // SAFETY: the filter lives; the thread loop is locked.
+                unsafe { pw_sys::pw_filter_get_node_id(conn.filter.as_ptr()) }
+            };
+            let model = lock(&conn.signals.model);
+            (id != pw_sys::PW_ID_ANY
+                && model.nodes.contains_key(&id)
+                && model.default_rate.is_some())
+            .then_some(id)
+        });
+        match node_id {
+            Some(id) => connection.node_id = id,
+            None if connection.signals.lost.load(Ordering::Acquire) => {
+                return Err(BackendError::failed("the PipeWire server refused the node"))
+            }
+            None => {
+                return Err(BackendError::failed(
+                    "the PipeWire server did not confirm the node in time",
+                ))
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Polls `check` until it answers, the server is lost or [`SERVER_TIMEOUT`] passes. Never
+    /// holds a lock while sleeping. Lock order: the thread loop's lock, then the model's (the
+    /// thread loop's listeners take the model's with the loop's held); never the other way.
+    fn wait<T>(&self, mut check: impl FnMut(&Connection) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        loop {
+            let found = check(self);
+            if found.is_some() {
+                return found;
+            }
+            if Instant::now() >= deadline || self.signals.lost.load(Ordering::Acquire) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Whether the server went away.
+    fn lost(&self) -> bool {
+        self.signals.lost.load(Ordering::Acquire)
+    }
+
+    /// Adds a DSP port called `name` to the node (`output` for the masters).
+    fn add_port(&mut self, name: &str, output: bool) -> Result<PortHandle, BackendError> {
+        let mut props = PropertiesBox::new();
+        props.insert("format.dsp", DSP_FORMAT);
+        props.insert("port.name", name);
+        let props = props.into_raw();
+        let direction = if output {
+            spa_sys::SPA_DIRECTION_OUTPUT
+        } else {
+            spa_sys::SPA_DIRECTION_INPUT
+        };
+        let filter = self.filter;
+        let _lock = LoopLock::new(&self.thread_loop);
+        let data = between_cycles(self.data_loop, move || {
+            // SAFETY: the filter lives and its loops are held (thread loop locked, data thread
+            // between cycles); the properties' ownership passes to the port.
+            unsafe {
+                pw_sys::pw_filter_add_port(
+                    filter.as_ptr(),
+                    direction,
+                    pw_sys::pw_filter_port_flags_PW_FILTER_PORT_FLAG_MAP_BUFFERS,
+                    0,
+                    props,
+                    ptr::null_mut(),
+                    0,
+                )
+            }
+        });
+        match data.and_then(NonNull::new) {
+            Some(data) => Ok(PortHandle {
+                data,
+                generation: self.generation,
+            }),
+            None => Err(BackendError::failed(format!(
+                "cannot add the PipeWire port {name:?}"
+            ))),
+        }
+    }
+
+    /// Removes ports of this connection (handles of an earlier one are ignored).
+    fn remove_ports(&mut self, ports: impl IntoIterator<Item = PortHandle>) {
+        let ports: Vec<PortHandle> = ports
+            .into_iter()
+            .filter(|p| p.generation == self.generation)
+            .collect();
+        if ports.is_empty() {
+            return;
+        }
+        let _lock = LoopLock::new(&self.thread_loop);
+        between_cycles(self.data_loop, move || {
+            for port in &ports {
+                // SAFETY: a port of the live filter that the process callback handed back (or
+                // never had); loops held as in `add_port`.
+                unsafe { pw_sys::pw_filter_remove_port(port.data.as_ptr()) };
+            }
+            ptr::null_mut()
+        });
+    }
+
+    /// The registry id of this node's port `name`, once the server shows it.
+    fn port_id(&self, name: &str) -> Option<u32> {
+        let node = self.node_id;
+        self.wait(|conn| {
+            lock(&conn.signals.model)
+                .ports
+                .iter()
+                .find(|(_, facts)| facts.node == node && facts.name == name)
+                .map(|(&id, _)| id)
+        })
+    }
+
+    /// Resolves an input word into one set of source port ids per channel.
+    fn resolve(&self, input: &str, channels: u8) -> Result<Vec<Vec<u32>>, BackendError> {
+        let groups = parse_input(input, channels)?;
+        let model = lock(&self.signals.model);
+        groups
+            .iter()
+            .map(|group| {
+                group
+                    .iter()
+                    .map(|name| match model.find(name) {
+                        Some((id, facts)) if facts.output && facts.audio && facts.node != self.node_id => Ok(id),
+                        Some(_) => Err(BackendError::input(format!(
+                            "{name:?} is not an audio output port of another node, so it cannot feed a track"
+                        ))),
+                        None => Err(BackendError::input(format!(
+                            "no PipeWire port {name:?} (see `overdub devices` or `pw-link -o`)"
+                        ))),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Makes the links into `ports` exactly those of `input` and waits until the registry
+    /// shows them.
+    fn link_input(&mut self, ports: &[u32], input: &str) -> Result<(), BackendError> {
+        let wanted = self.resolve(input, u8::try_from(ports.len()).unwrap_or(2))?;
+        let current: Vec<(u32, u32, u32)> = {
+            let model = lock(&self.signals.model);
+            model
+                .links
+                .iter()
+                .filter(|(_, (_, to))| ports.contains(to))
+                .map(|(&id, &(from, to))| (id, from, to))
+                .collect()
+        };
+        {
+            let _lock = LoopLock::new(&self.thread_loop);
+            let (Some(core), Some(registry)) = (self.core.as_ref(), self.registry.as_ref()) else {
+                return Err(BackendError::failed("the PipeWire server is gone"));
+            };
+            for (port, sources) in ports.iter().zip(&wanted) {
+                for &(id, from, to) in current.iter().filter(|l| l.2 == *port) {
+                    if sources.contains(&from) {
+                        continue;
+                    }
+                    if self.links.remove(&(from, to)).is_none() {
+                        let _ = registry.destroy_global(id);
+                    }
+                }
+                for &source in sources {
+                    if current.iter().any(|l| l.1 == source && l.2 == *port) {
+                        continue;
+                    }
+                    // A proxy without its link (removed by someone else): replace it.
+                    self.links.remove(&(source, *port));
+                    let props = pw::properties::properties! {
+                        "link.output.port" => source.to_string(),
+                        "link.input.port" => port.to_string(),
+                    };
+                    let link = core
+                        .create_object::<Link>("link-factory", &props)
+                        .map_err(|e| {
+                            BackendError::failed(format!(
+                                "cannot link port {source} to {port}: {e}"
+                            ))
+                        })?;
+                    self.links.insert((source, *port), (Instant::now(), link));
+                }
+            }
+        }
+        let settled = self.wait(|conn| {
+            let model = lock(&conn.signals.model);
+            ports
+                .iter()
+                .zip(&wanted)
+                .all(|(port, sources)| {
+                    let mut now: Vec<u32> = model
+                        .links
+                        .values()
+                        .filter(|(_, to)| to == port)
+                        .map(|(from, _)| *from)
+                        .collect();
+                    now.sort_unstable();
+                    let mut want = sources.clone();
+                    want.sort_unstable();
+                    want.dedup();
+                    now == want
+                })
+                .then_some(())
+        });
+        // What overdub did itself is not news for control.
+        lock(&self.signals.model)
+            .touched
+            .retain(|port| !ports.contains(port));
+        settled.ok_or_else(|| {
+            BackendError::failed(format!(
+                "PipeWire did not make the links of {input:?} in time"
+            ))
+        })
+    }
+
+    /// Drops the proxies of links the registry has not shown for a while.
+    fn prune_links(&mut self) {
+        let now = Instant::now();
+        let model = lock(&self.signals.model);
+        let present: Vec<(u32, u32)> = model.links.values().copied().collect();
+        drop(model);
+        let _lock = LoopLock::new(&self.thread_loop);
+        self.links.retain(|pair, (seen, _)| {
+            if present.contains(pair) {
+                *seen = now;
+            }
+            now.duration_since(*seen) < LINK_PROXY_GRACE
+        });
+    }
+
+    /// Stops the thread loop, destroys the filter (its callbacks never run again) and every
+    /// PipeWire object, and hands the process data back.
+    fn close(&mut self) -> Option<FilterProcess> {
+        if std::mem::replace(&mut self.closed, true) {
+            return None;
+        }
+        self.thread_loop.stop();
+        self.links.clear();
+        // SAFETY: the thread loop is stopped, so nothing else uses the filter; after this the
+        // filter's callbacks never run again and its ports are freed.
+        unsafe { pw_sys::pw_filter_destroy(self.filter.as_ptr()) };
+        self.registry_listener = None;
+        self.core_listener = None;
+        self.registry = None;
+        self.core = None;
+        self.context = None;
+        // SAFETY: `data` came from `Box::leak` in `open` and the filter that used it is gone.
+        let data = unsafe { Box::from_raw(self.data.as_ptr()) };
+        Some(data.process.into_inner())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        drop(self.close());
+    }
+}
+
+/// Splits an input word into one group of source port names per channel.
+fn parse_input(input: &str, channels: u8) -> Result<Vec<Vec<String>>, BackendError> {
+    let input = input.trim();
+    if input.is_empty() || input == "none" {
+        return Ok(vec![Vec::new(); usize::from(channels)]);
+    }
+    let groups: Vec<Vec<String>> = input
+        .split(',')
+        .map(|group| {
+            group
+                .split('+')
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && *p != "none")
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    if groups.len() != usize::from(channels) {
+        return Err(BackendError::input(format!(
+            "a {} track takes {} input group(s) separated by ',', got {}: {input:?}",
+            if channels == 2 { "stereo" } else { "mono" },
+            channels,
+            groups.len()
+        )));
+    }
+    Ok(groups)
+}
+
+/// Short port names of a track: `<session>.<track>.in`, or `.in_L` and `.in_R` for stereo.
+fn track_port_names(prefix: &str, track: &str, channels: u8) -> Vec<String> {
+    let track = crate::control::validate::slug(track);
+    if channels >= 2 {
+        vec![
+            format!("{prefix}.{track}.in_L"),
+            format!("{prefix}.{track}.in_R"),
+        ]
+    } else {
+        vec![format!("{prefix}.{track}.in")]
+    }
+}
+
+/// What control knows about one track's ports.
+#[derive(Clone, Debug)]
+struct TrackMeta {
+    name: String,
+    channels: u8,
+    /// The input word last routed (restored when the server returns).
+    input: String,
+    /// Registry ids of the input ports (one per channel), empty while the server is gone.
+    port_ids: Vec<u32>,
+    /// The filter ports, empty while the server is gone.
+    handles: Vec<PortHandle>,
+    /// The input could not be restored when the server returned (its sources were not there
+    /// yet): tried again at every poll until they are.
+    pending: bool,
+}
+
+/// What control knows about one attached session.
+struct NodeMeta {
+    prefix: String,
+    max_tracks: usize,
+    tracks: BTreeMap<usize, TrackMeta>,
+    /// Server losses and returns this session has not polled yet.
+    lost_pending: bool,
+    restored_pending: bool,
+    /// Xruns of the connection already added to the session's counters.
+    xruns_seen: u64,
+}
+
+/// Mutable state of the graph, behind one lock (control threads only).
+struct GraphState {
+    connection: Option<Connection>,
+    /// Generation of the next connection (port handles remember theirs).
+    next_generation: u64,
+    /// Nodes out of the process callback: detached on request, or rescued from a lost server.
+    parked: Vec<Option<Box<Node>>>,
+    nodes: Vec<Option<NodeMeta>>,
+    last_attempt: Instant,
+    /// Nodes detached after their session stopped waiting for them: dropped when they return.
+    abandoned: Vec<usize>,
+}
+
+/// The shared PipeWire node. Cheap to share behind an `Arc`; every method runs off the
+/// real-time thread.
+pub struct PipeWireGraph {
+    node_name: String,
+    sample_rate: u32,
+    state: Mutex<GraphState>,
+}
+
+impl PipeWireGraph {
+    /// Connects to the PipeWire server and creates the node `settings.node_name`. Fails quickly
+    /// when no server answers; never starts one.
+    pub fn open(settings: &PipeWireSettings) -> Result<PipeWireGraph, BackendError> {
+        let connection = Connection::open(&settings.node_name, 0)?;
+        let sample_rate = lock(&connection.signals.model)
+            .default_rate
+            .unwrap_or(48_000);
+        Ok(PipeWireGraph {
+            node_name: settings.node_name.clone(),
+            sample_rate,
+            state: Mutex::new(GraphState {
+                connection: Some(connection),
+                next_generation: 1,
+                parked: (0..MAX_NODES).map(|_| None).collect(),
+                nodes: (0..MAX_NODES).map(|_| None).collect(),
+                last_attempt: Instant::now(),
+                abandoned: Vec::new(),
+            }),
+        })
+    }
+
+    /// The node's `node.name`.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// The graph's rate when the node was created (sessions are fixed to it).
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// Rate and quantum of the graph's last cycle (the server's defaults before the first).
+    /// Latencies are not read from PipeWire and are reported as 0.
+    pub fn info(&self) -> BackendInfo {
+        let state = lock(&self.state);
+        let period = match &state.connection {
+            Some(c) => match c.signals.period.load(Ordering::Relaxed) {
+                0 => lock(&c.signals.model).default_quantum.unwrap_or(0),
+                period => period,
+            },
+            None => 0,
+        };
+        BackendInfo {
+            name: "pipewire",
+            sample_rate: self.sample_rate,
+            period,
+            input_latency_frames: 0,
+            output_latency_frames: 0,
+        }
+    }
+
+    /// Whether the server is there.
+    pub fn is_running(&self) -> bool {
+        lock(&self.state)
+            .connection
+            .as_ref()
+            .is_some_and(|c| !c.lost())
+    }
+
+    /// Audio ports of other nodes: their outputs are inputs for tracks (one mono device per
+    /// port, named `<node.name>:<port.name>`), their inputs are where the masters can go.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        let state = lock(&self.state);
+        let Some(connection) = &state.connection else {
+            return Vec::new();
+        };
+        let model = lock(&connection.signals.model);
+        let mut devices = Vec::new();
+        for (output, direction) in [(true, Direction::Input), (false, Direction::Output)] {
+            let ports = model
+                .ports
+                .iter()
+                .filter(|(_, f)| f.audio && f.output == output && f.node != connection.node_id)
+                .filter_map(|(&id, _)| model.full_name(id));
+            for (n, name) in ports.enumerate() {
+                devices.push(DeviceInfo {
+                    name,
+                    channels: 1,
+                    first_channel: u16::try_from(n).unwrap_or(u16::MAX),
+                    direction,
+                });
+            }
+        }
+        devices
+    }
+
+    /// The default input of track `index` (1-based): the physical capture port(s) of the same
+    /// number, or `none` when there are not enough.
+    pub fn default_input(&self, index: u32, channels: u8) -> String {
+        let state = lock(&self.state);
+        let Some(connection) = &state.connection else {
+            return "none".into();
+        };
+        let model = lock(&connection.signals.model);
+        let physical: Vec<String> = model
+            .ports
+            .iter()
+            .filter(|(_, f)| f.audio && f.output && f.physical)
+            .filter_map(|(&id, _)| model.full_name(id))
+            .collect();
+        let first = (index as usize).saturating_sub(1) * usize::from(channels);
+        match physical.get(first..first + usize::from(channels)) {
+            Some(ports) => ports.join(","),
+            None => "none".into(),
+        }
+    }
+
+    /// Checks an input word for a track of `channels` channels against the ports that exist
+    /// now: `none`, or one group per channel (`,`), each one or more output ports (`+`).
+    pub fn check_input(&self, input: &str, channels: u8) -> Result<(), BackendError> {
+        parse_input(input, channels)?;
+        let state = lock(&self.state);
+        let Some(connection) = &state.connection else {
+            return Err(BackendError::failed(
+                "the PipeWire server is gone; inputs can be set when it returns",
+            ));
+        };
+        connection.resolve(input, channels).map(|_| ())
+    }
+
+    /// Attaches a session's processor as a node: adds its master outputs (the node's tracks
+    /// are added with `route_track`). Fails when the server is gone, the rate differs or every
+    /// node slot is taken.
+    pub fn attach(
+        self: &Arc<Self>,
+        session_name: &str,
+        sample_rate: u32,
+        max_tracks: usize,
+        processor: Processor,
+    ) -> Result<Box<dyn RunningBackend>, BackendError> {
+        if sample_rate != self.sample_rate {
+            return Err(BackendError::failed(format!(
+                "the session runs at {sample_rate} Hz but the PipeWire graph at {} Hz",
+                self.sample_rate
+            )));
+        }
+        let mut state = lock(&self.state);
+        self.service(&mut state);
+        let Some(index) = (0..MAX_NODES).find(|&i| {
+            state.nodes[i].is_none() && state.parked[i].is_none() && !state.abandoned.contains(&i)
+        }) else {
+            return Err(BackendError::failed(format!(
+                "one PipeWire node hosts at most {MAX_NODES} sessions"
+            )));
+        };
+        let base = crate::control::validate::slug(session_name);
+        let mut prefix = base.clone();
+        let mut n = 2;
+        while state
+            .nodes
+            .iter()
+            .flatten()
+            .any(|meta| meta.prefix == prefix)
+        {
+            prefix = format!("{base}-{n}");
+            n += 1;
+        }
+        let connection = state
+            .connection
+            .as_mut()
+            .ok_or_else(|| BackendError::failed("the PipeWire server is gone"))?;
+        let master = add_master(connection, &prefix)?;
+        let node = Box::new(Node {
+            processor,
+            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
+            tracks: (0..max_tracks).map(|_| None).collect(),
+            master,
+            scratch: [
+                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
+                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
+            ],
+        });
+        if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
+            .commands
+            .push(GraphCommand::Attach { index, node })
+        {
+            connection.remove_ports(node.master);
+            return Err(BackendError::failed("the PipeWire command queue is full"));
+        }
+        let xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
+        state.nodes[index] = Some(NodeMeta {
+            prefix,
+            max_tracks,
+            tracks: BTreeMap::new(),
+            lost_pending: false,
+            restored_pending: false,
+            xruns_seen,
+        });
+        Ok(Box::new(PipeWireSession {
+            graph: Arc::clone(self),
+            index,
+        }))
+    }
+
+    /// Housekeeping, called with the state locked by every session poll: removes retired
+    /// ports, notices a lost server and parks the rescued nodes, and looks for a lost server.
+    fn service(&self, state: &mut GraphState) {
+        let mut lost = false;
+        if let Some(connection) = state.connection.as_mut() {
+            while let Ok(retired) = connection.retired.pop() {
+                match retired {
+                    Retired::Track(ports) => connection.remove_ports(ports.handles()),
+                    Retired::Node { index, node } => {
+                        if let Some(at) = state.abandoned.iter().position(|&i| i == index) {
+                            state.abandoned.remove(at);
+                            remove_node_ports(connection, &node);
+                        } else if let Some(cell) = state.parked.get_mut(index) {
+                            *cell = Some(node);
+                        }
+                    }
+                }
+            }
+            lost = connection.lost();
+            if !lost {
+                connection.prune_links();
+            }
+        }
+        if lost {
+            tracing::error!("the PipeWire server went away; closing takes and waiting for it");
+            if let Some(mut connection) = state.connection.take() {
+                if let Some(mut process) = connection.close() {
+                    process.rescue(&mut state.parked);
+                }
+                // Nodes the callback handed back after the last look.
+                while let Ok(retired) = connection.retired.pop() {
+                    if let Retired::Node { index, node } = retired {
+                        if let Some(cell) = state.parked.get_mut(index) {
+                            *cell = Some(node);
+                        }
+                    }
+                }
+            }
+            for meta in state.nodes.iter_mut().flatten() {
+                meta.lost_pending = true;
+                meta.restored_pending = false;
+                for track in meta.tracks.values_mut() {
+                    track.port_ids.clear();
+                    track.handles.clear();
+                }
+            }
+            state.last_attempt = Instant::now();
+            return;
+        }
+        if state.connection.is_none() && state.last_attempt.elapsed() >= RECONNECT_INTERVAL {
+            state.last_attempt = Instant::now();
+            self.reconnect(state);
+        }
+    }
+
+    /// Connects again, adds every parked node's ports again, re-attaches the nodes and
+    /// restores their links.
+    fn reconnect(&self, state: &mut GraphState) {
+        let generation = state.next_generation;
+        let Ok(mut connection) = Connection::open(&self.node_name, generation) else {
+            return;
+        };
+        state.next_generation += 1;
+        let rate = lock(&connection.signals.model).default_rate.unwrap_or(0);
+        if rate != self.sample_rate {
+            tracing::error!(
+                "the PipeWire server is back at {rate} Hz, but the sessions run at {} Hz; waiting for a server at that rate",
+                self.sample_rate
+            );
+            return;
+        }
+        tracing::info!("the PipeWire server is back; restoring ports and links");
+        for index in 0..MAX_NODES {
+            let (Some(meta), Some(mut node)) =
+                (state.nodes[index].as_mut(), state.parked[index].take())
+            else {
+                continue;
+            };
+            match add_master(&mut connection, &meta.prefix) {
+                Ok(master) => node.master = master,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    state.parked[index] = Some(node);
+                    continue;
+                }
+            }
+            for cell in node.tracks.iter_mut() {
+                *cell = None;
+            }
+            for (&slot, track) in meta.tracks.iter_mut() {
+                match add_track(&mut connection, &meta.prefix, &track.name, track.channels) {
+                    Ok((ports, ids)) => {
+                        track.handles = ports.handles().collect();
+                        track.port_ids = ids;
+                        if let Some(cell) = node.tracks.get_mut(slot) {
+                            *cell = Some(Box::new(ports));
+                        }
+                    }
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+            if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
+                .commands
+                .push(GraphCommand::Attach { index, node })
+            {
+                state.parked[index] = Some(node);
+                continue;
+            }
+            for track in meta.tracks.values_mut() {
+                if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
+                    tracing::warn!(
+                        "restoring the input of track {:?}: {e}; trying again when the ports appear",
+                        track.name
+                    );
+                    track.pending = true;
+                }
+            }
+            meta.lost_pending = false;
+            meta.restored_pending = true;
+            meta.xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
+        }
+        state.connection = Some(connection);
+    }
+}
+
+/// Adds the master outputs of a session.
+fn add_master(connection: &mut Connection, prefix: &str) -> Result<[PortHandle; 2], BackendError> {
+    let left = connection.add_port(&format!("{prefix}.master_out_L"), true)?;
+    match connection.add_port(&format!("{prefix}.master_out_R"), true) {
+        Ok(right) => Ok([left, right]),
+        Err(e) => {
+            connection.remove_ports([left]);
+            Err(e)
+        }
+    }
+}
+
+/// Adds a track's input ports and waits for their registry ids.
+fn add_track(
+    connection: &mut Connection,
+    prefix: &str,
+    track: &str,
+    channels: u8,
+) -> Result<(TrackPorts, Vec<u32>), BackendError> {
+    let mut ports = TrackPorts::new([None, None]);
+    let mut ids = Vec::new();
+    for (channel, name) in track_port_names(prefix, track, channels).iter().enumerate() {
+        let added = connection.add_port(name, false).and_then(|port| {
+            ports.ports[channel] = Some(port);
+            connection.port_id(name).ok_or_else(|| {
+                BackendError::failed(format!("PipeWire did not show the port {name:?} in time"))
+            })
+        });
+        match added {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                return Err(e);
+            }
+        }
+    }
+    Ok((ports, ids))
+}
+
+/// Removes every port of a node handed back by the process callback.
+fn remove_node_ports(connection: &mut Connection, node: &Node) {
+    let tracks = node.tracks.iter().flatten().flat_map(|t| t.handles());
+    let all: Vec<PortHandle> = tracks.chain(node.master).collect();
+    connection.remove_ports(all);
+}
+
+/// One session's handle on the shared graph.
+struct PipeWireSession {
+    graph: Arc<PipeWireGraph>,
+    index: usize,
+}
+
+impl PipeWireSession {
+    fn with_state<T>(&self, op: impl FnOnce(&PipeWireGraph, &mut GraphState, usize) -> T) -> T {
+        let mut state = lock(&self.graph.state);
+        op(&self.graph, &mut state, self.index)
+    }
+}
+
+impl RunningBackend for PipeWireSession {
+    /// Where the master is linked is not kept on PipeWire: a session's outputs start unlinked
+    /// (link them with `pw-link`; the JACK backend stores and restores them).
+    fn restore_outputs(&mut self, _saved: &[(String, String)]) {}
+
+    fn info(&self) -> BackendInfo {
+        self.graph.info()
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.graph.devices()
+    }
+
+    fn check_input(&self, input: &str, channels: u8) -> Result<(), BackendError> {
+        self.graph.check_input(input, channels)
+    }
+
+    fn route_track(
+        &mut self,
+        slot: u16,
+        name: &str,
+        channels: u8,
+        input: &str,
+    ) -> Result<[u16; 2], BackendError> {
+        let slot = usize::from(slot);
+        self.with_state(|_, state, index| {
+            let prefix = match state.nodes[index].as_ref() {
+                Some(meta) if slot < meta.max_tracks => meta.prefix.clone(),
+                _ => return Err(BackendError::failed(format!("no track slot {slot}"))),
+            };
+            let existing = state.nodes[index]
+                .as_ref()
+                .and_then(|meta| meta.tracks.get(&slot))
+                .cloned();
+            let (mut port_ids, mut handles) = existing
+                .as_ref()
+                .map(|t| (t.port_ids.clone(), t.handles.clone()))
+                .unwrap_or_default();
+            if let Some(connection) = state.connection.as_mut() {
+                connection.resolve(input, channels)?;
+                let fresh = existing
+                    .as_ref()
+                    .is_none_or(|t| t.channels != channels || t.port_ids.is_empty());
+                if fresh {
+                    let (ports, ids) = add_track(connection, &prefix, name, channels)?;
+                    handles = ports.handles().collect();
+                    port_ids = ids;
+                    if let Err(rtrb::PushError::Full(GraphCommand::SetTrack {
+                        ports: Some(ports),
+                        ..
+                    })) = connection.commands.push(GraphCommand::SetTrack {
+                        index,
+                        slot,
+                        ports: Some(Box::new(ports)),
+                    }) {
+                        connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                        return Err(BackendError::failed("the PipeWire command queue is full"));
+                    }
+                }
+                connection.link_input(&port_ids, input)?;
+            }
+            if let Some(meta) = state.nodes[index].as_mut() {
+                meta.tracks.insert(
+                    slot,
+                    TrackMeta {
+                        name: name.to_string(),
+                        channels,
+                        input: input.to_string(),
+                        port_ids,
+                        handles,
+                        pending: false,
+                    },
+                );
+            }
+            let first = u16::try_from(2 * slot).unwrap_or(NO_INPUT);
+            Ok(if channels >= 2 {
+                [first, first.saturating_add(1)]
+            } else {
+                [first, NO_INPUT]
+            })
+        })
+    }
+
+    fn rename_track(&mut self, slot: u16, name: &str) -> Result<(), BackendError> {
+        let slot = usize::from(slot);
+        self.with_state(|_, state, index| {
+            let Some(meta) = state.nodes[index].as_mut() else {
+                return Ok(());
+            };
+            let prefix = meta.prefix.clone();
+            let Some(track) = meta.tracks.get_mut(&slot) else {
+                return Ok(());
+            };
+            track.name = name.to_string();
+            let Some(connection) = state.connection.as_mut() else {
+                return Ok(());
+            };
+            // PipeWire shows a port's name as the registry announced it, so the track gets new
+            // ports, linked like the old ones before they replace them in the process callback
+            // (no cycle goes unlinked); the old ones are removed when the callback hands them
+            // back.
+            let (ports, ids) = add_track(connection, &prefix, name, track.channels)?;
+            if let Err(e) = connection.link_input(&ids, &track.input) {
+                connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                return Err(e);
+            }
+            let handles: Vec<PortHandle> = ports.handles().collect();
+            if let Err(rtrb::PushError::Full(_)) =
+                connection.commands.push(GraphCommand::SetTrack {
+                    index,
+                    slot,
+                    ports: Some(Box::new(ports)),
+                })
+            {
+                connection.remove_ports(handles);
+                return Err(BackendError::failed("the PipeWire command queue is full"));
+            }
+            track.handles = handles;
+            track.port_ids = ids;
+            Ok(())
+        })
+    }
+
+    fn remove_track(&mut self, slot: u16) {
+        let slot = usize::from(slot);
+        self.with_state(|_, state, index| {
+            if let Some(meta) = state.nodes[index].as_mut() {
+                meta.tracks.remove(&slot);
+            }
+            if let Some(node) = state.parked[index].as_mut() {
+                if let Some(cell) = node.tracks.get_mut(slot) {
+                    *cell = None;
+                }
+            }
+            if let Some(connection) = state.connection.as_mut() {
+                let _ = connection.commands.push(GraphCommand::SetTrack {
+                    index,
+                    slot,
+                    ports: None,
+                });
+            }
+        });
+    }
+
+    /// Reports cycles the node missed as xruns (a `pw_filter` cannot read its driver's own
+    /// xrun count), a lost or restored server, and links changed by other programs.
+    fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
+        self.with_state(|graph, state, index| {
+            graph.service(state);
+            let mut events = Vec::new();
+            let Some(meta) = state.nodes[index].as_mut() else {
+                return events;
+            };
+            if std::mem::take(&mut meta.lost_pending) {
+                events.push(BackendEvent::Lost);
+            }
+            if std::mem::take(&mut meta.restored_pending) {
+                events.push(BackendEvent::Restored);
+            }
+            let Some(connection) = state.connection.as_mut() else {
+                return events;
+            };
+            let total = connection.signals.xruns.load(Ordering::Relaxed);
+            if total > meta.xruns_seen {
+                xruns(total - meta.xruns_seen);
+                meta.xruns_seen = total;
+            }
+            for track in meta.tracks.values_mut().filter(|t| t.pending) {
+                let channels = u8::try_from(track.port_ids.len()).unwrap_or(2);
+                if connection.resolve(&track.input, channels).is_ok() {
+                    track.pending = false;
+                    if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
+                        tracing::warn!("restoring the input of track {:?}: {e}", track.name);
+                    } else {
+                        tracing::info!("restored the input of track {:?}", track.name);
+                    }
+                }
+            }
+            let mut model = lock(&connection.signals.model);
+            if model.touched.is_empty() {
+                return events;
+            }
+            let touched = std::mem::take(&mut model.touched);
+            for (&slot, track) in meta.tracks.iter_mut() {
+                if !track.port_ids.iter().any(|p| touched.contains(p)) {
+                    continue;
+                }
+                let input = model.read_input(&track.port_ids);
+                if input != track.input {
+                    track.input = input.clone();
+                    track.pending = false;
+                    events.push(BackendEvent::InputChanged {
+                        slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                        input,
+                    });
+                }
+            }
+            // Ports of other sessions (or of other programs) were touched too: keep those for
+            // the other sessions, forgetting ports that are not overdub's.
+            let own: Vec<u32> = state
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != index)
+                .flat_map(|(_, meta)| meta.iter())
+                .flat_map(|meta| meta.tracks.values())
+                .flat_map(|track| track.port_ids.iter().copied())
+                .collect();
+            model
+                .touched
+                .extend(touched.into_iter().filter(|port| own.contains(port)));
+            events
+        })
+    }
+
+    fn is_running(&self) -> bool {
+        self.graph.is_running()
+    }
+
+    /// PipeWire has no transport to lead.
+    fn lead_transport(&mut self, _request: TransportRequest) {}
+
+    fn run_detached(&mut self, frames: usize) -> bool {
+        self.with_state(|_, state, index| {
+            let Some(node) = state.parked[index].as_mut() else {
+                return false;
+            };
+            let mut left = vec![0.0; frames];
+            let mut right = vec![0.0; frames];
+            let mut inputs = PlanarInputs::new(2 * node.tracks.len(), frames);
+            inputs.set_frames(frames);
+            node.processor.process(&mut ProcessContext {
+                frames,
+                inputs: &inputs,
+                master_left: &mut left,
+                master_right: &mut right,
+                track_outputs: None,
+            });
+            true
+        })
+    }
+
+    fn stop(self: Box<Self>) -> Option<Processor> {
+        let index = self.index;
+        let deadline = Instant::now() + DETACH_TIMEOUT;
+        {
+            let mut state = lock(&self.graph.state);
+            if state.parked[index].is_none() {
+                if let Some(connection) = state.connection.as_mut() {
+                    let _ = connection.commands.push(GraphCommand::Detach { index });
+                }
+            }
+        }
+        loop {
+            let mut state = lock(&self.graph.state);
+            self.graph.service(&mut state);
+            if let Some(node) = state.parked[index].take() {
+                state.nodes[index] = None;
+                if let Some(connection) = state.connection.as_mut() {
+                    remove_node_ports(connection, &node);
+                }
+                return Some(node.processor);
+            }
+            if Instant::now() >= deadline || state.connection.is_none() {
+                tracing::error!("the PipeWire node did not hand the session's node back in time");
+                state.nodes[index] = None;
+                state.abandoned.push(index);
+                return None;
+            }
+            drop(state);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_words_split_into_channel_groups() {
+        assert_eq!(
+            parse_input("none", 2).unwrap(),
+            vec![Vec::<String>::new(); 2]
+        );
+        assert_eq!(
+            parse_input("a:out_1+b:out_2", 1).unwrap(),
+            vec![vec!["a:out_1".to_string(), "b:out_2".to_string()]]
+        );
+        assert_eq!(
+            parse_input("a:1,a:2", 2).unwrap(),
+            vec![vec!["a:1".to_string()], vec!["a:2".to_string()]]
+        );
+        let error = parse_input("a:1,a:2", 1).unwrap_err();
+        assert!(error.invalid_input, "{error}");
+    }
+
+    #[test]
+    fn track_ports_follow_the_jack_names() {
+        assert_eq!(
+            track_port_names("demo", "Track 1", 1),
+            vec!["demo.track-1.in"]
+        );
+        assert_eq!(
+            track_port_names("demo", "Keys", 2),
+            vec!["demo.keys.in_L", "demo.keys.in_R"]
+        );
+    }
+
+    fn model() -> Model {
+        let mut model = Model::default();
+        model.nodes.insert(10, "feeder".into());
+        model.nodes.insert(20, "overdub".into());
+        let port = |node, name: &str, output| PortFacts {
+            node,
+            name: name.into(),
+            output,
+            audio: true,
+            physical: false,
+        };
+        model.ports.insert(11, port(10, "out_1", true));
+        model.ports.insert(12, port(10, "out_2", true));
+        model.ports.insert(21, port(20, "demo.track-1.in", false));
+        model
+    }
+
+    #[test]
+    fn the_model_names_ports_and_reads_links_back_as_input_words() {
+        let mut model = model();
+        assert_eq!(model.find("feeder:out_2").map(|(id, _)| id), Some(12));
+        assert!(model.find("feeder:out_3").is_none());
+        assert!(model.find("feede:out_1").is_none());
+        assert_eq!(model.read_input(&[21]), "none");
+        model.links.insert(30, (12, 21));
+        model.links.insert(31, (11, 21));
+        assert_eq!(model.read_input(&[21]), "feeder:out_1+feeder:out_2");
+    }
+
+    #[test]
+    fn a_jump_of_the_driver_position_is_a_missed_cycle() {
+        let (_commands, commands) = rtrb::RingBuffer::new(1);
+        let (retired, _retired) = rtrb::RingBuffer::new(1);
+        let mut process = FilterProcess {
+            nodes: Box::new([]),
+            commands,
+            retired,
+            expected: None,
+        };
+        // SAFETY: `spa_io_clock` is plain data; all zeros is a valid value.
+        let mut clock: spa_sys::spa_io_clock = unsafe { std::mem::zeroed() };
+        clock.id = 7;
+        clock.duration = 256;
+        let mut at = |position: u64, id: u32| {
+            clock.position = position;
+            clock.id = id;
+            process.missed_cycles(&clock)
+        };
+        assert!(!at(1000, 7), "the first cycle");
+        assert!(!at(1256, 7), "the next one");
+        assert!(at(1768, 7), "one cycle went by without the node");
+        assert!(!at(2024, 7));
+        assert!(!at(90_000, 8), "another driver's clock starts anywhere");
+    }
+
+    #[test]
+    fn link_globals_touch_the_input_port_both_ways() {
+        let mut model = model();
+        let props = pw::properties::properties! {
+            "link.output.port" => "11",
+            "link.input.port" => "21",
+        };
+        model.global(40, &ObjectType::Link, Some(props.dict()));
+        assert_eq!(model.links.get(&40), Some(&(11, 21)));
+        assert_eq!(std::mem::take(&mut model.touched), vec![21]);
+        model.global_remove(40);
+        assert!(model.links.is_empty());
+        assert_eq!(model.touched, vec![21]);
+        // A port that goes is forgotten (nothing grows while no session looks).
+        model.global_remove(21);
+        assert!(model.touched.is_empty());
+    }
+}

@@ -1,0 +1,224 @@
+//! A private PipeWire server (own `XDG_RUNTIME_DIR`, quantum 256 at 48 kHz through a config
+//! drop-in, no session manager) and a feeder: this test binary run again under `pw-jack` as a
+//! JACK client (`feeder`, outputs `out_1`… carrying tones, see [`super::jack::Feeder`]).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::jack::{Feeder, Signal};
+use super::{PERIOD, RATE};
+
+/// A private `pipewire`, stopped by PID on drop.
+pub struct PipeWireServer {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    pub runtime_dir: PathBuf,
+    config_dir: PathBuf,
+}
+
+impl PipeWireServer {
+    /// Starts a server in a fresh runtime dir and waits until it answers.
+    pub fn start() -> PipeWireServer {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime_dir = dir.path().join("run");
+        let config_dir = dir.path().join("config");
+        let drop_in = config_dir.join("pipewire/pipewire.conf.d");
+        std::fs::create_dir_all(&runtime_dir).unwrap();
+        std::fs::create_dir_all(&drop_in).unwrap();
+        std::fs::write(
+            drop_in.join("10-quantum.conf"),
+            format!(
+                "context.properties = {{\n  default.clock.rate = {RATE}\n  \
+                 default.clock.quantum = {PERIOD}\n  default.clock.min-quantum = {PERIOD}\n  \
+                 default.clock.max-quantum = {PERIOD}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let mut server = PipeWireServer {
+            child: None,
+            _dir: dir,
+            runtime_dir,
+            config_dir,
+        };
+        server.launch();
+        server
+    }
+
+    /// A command that reaches this server (and no other).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("XDG_RUNTIME_DIR", &self.runtime_dir)
+            .env("XDG_CONFIG_HOME", &self.config_dir)
+            .env_remove("PIPEWIRE_REMOTE")
+            .env_remove("JACK_DEFAULT_SERVER")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn launch(&mut self) {
+        let child = self
+            .command("pipewire")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pipewire must be installed (scripts/install-deps)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answered = self
+                .command("pw-cli")
+                .args(["info", "0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("pw-cli must be installed (pipewire-bin)");
+            if answered.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pipewire did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server with `signal` and waits for it to exit.
+    pub fn kill(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again in the same runtime dir.
+    pub fn restart(&mut self) {
+        self.kill(libc::SIGTERM);
+        self.launch();
+    }
+
+    /// Stdout of `program args` against this server.
+    pub fn output(&self, program: &str, args: &[&str]) -> String {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} must be installed (pipewire-bin): {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `pw-link A B`.
+    pub fn link(&self, output: &str, input: &str) {
+        let ok = self
+            .command("pw-link")
+            .args([output, input])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pw-link {output} {input}");
+    }
+
+    /// The output ports linked into `input`, as `pw-link -l` shows them.
+    pub fn links_into(&self, input: &str) -> Vec<String> {
+        let listing = self.output("pw-link", &["-l"]);
+        let mut lines = listing.lines().skip_while(|l| *l != input).skip(1);
+        let mut out = Vec::new();
+        while let Some(line) = lines.next().filter(|l| l.starts_with("  |<- ")) {
+            out.push(line.trim_start_matches("  |<- ").to_string());
+        }
+        out.sort();
+        out
+    }
+
+    /// Waits until `pw-link -i` (inputs) or `-o` (outputs) lists `port`.
+    pub fn wait_for_port(&self, port: &str, output: bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let flag = if output { "-o" } else { "-i" };
+        while Instant::now() < deadline {
+            if self.output("pw-link", &[flag]).lines().any(|l| l == port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for PipeWireServer {
+    fn drop(&mut self) {
+        self.kill(libc::SIGTERM);
+    }
+}
+
+/// Environment variable that turns this test binary into the feeder process.
+pub const FEEDER_ENV: &str = "OVERDUB_TEST_PW_FEEDER";
+
+/// The feeder process: `pw-jack <this test binary> <feeder test>` with tone channels in
+/// [`FEEDER_ENV`]. Killed on drop.
+pub struct PwFeeder {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+impl PwFeeder {
+    /// Starts the feeder with one output per tone channel and waits for its ports.
+    pub fn start(server: &PipeWireServer, test_name: &str, channels: &[usize]) -> PwFeeder {
+        let list: Vec<String> = channels.iter().map(usize::to_string).collect();
+        let mut child = server
+            .command("pw-jack")
+            .arg(std::env::current_exe().unwrap())
+            .args([test_name, "--exact", "--ignored", "--nocapture"])
+            .env(FEEDER_ENV, list.join(","))
+            .env("PIPEWIRE_QUANTUM", format!("{PERIOD}/{RATE}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pw-jack must be installed (pipewire-jack)");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.any(|line| line.is_ok_and(|l| l == "feeder ready"));
+        assert!(ready, "the feeder did not start under pw-jack");
+        for n in 1..=channels.len() {
+            assert!(
+                server.wait_for_port(&format!("feeder:out_{n}"), true, Duration::from_secs(5)),
+                "feeder:out_{n} missing:\n{}",
+                server.output("pw-link", &["-o"])
+            );
+        }
+        PwFeeder { child, stdin }
+    }
+
+    /// Asks for an impulse on outputs 1 and 2 a quarter second from now.
+    pub fn impulse(&mut self) {
+        writeln!(self.stdin, "impulse").unwrap();
+        self.stdin.flush().unwrap();
+    }
+}
+
+impl Drop for PwFeeder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of the feeder process: a [`Feeder`] over the JACK API (PipeWire's libjack under
+/// `pw-jack`) that puts an impulse on outputs 1 and 2 for every `impulse` line on stdin, until
+/// stdin closes. Returns at once when [`FEEDER_ENV`] is not set.
+pub fn run_feeder_process() {
+    let Ok(list) = std::env::var(FEEDER_ENV) else {
+        return;
+    };
+    let signals: Vec<Signal> = list
+        .split(',')
+        .map(|c| Signal::Tone(c.parse().unwrap()))
+        .collect();
+    let feeder = Feeder::start(&signals);
+    println!("feeder ready");
+    for line in std::io::stdin().lines() {
+        if line.unwrap().trim() == "impulse" {
+            feeder.impulse_in(u64::from(RATE) / 4);
+        }
+    }
+}
