@@ -110,8 +110,10 @@ fn eight_tracks_record_pause_resume_stop_through_the_cli() {
         .map(|(channel, samples)| matching_run(*channel, samples, 0, k1))
         .min()
         .unwrap();
+    // Not a timing check (under load the graph may have run less than the 1.5 s slept): the
+    // seam lies inside the file, and the checks below fail on any second break.
     assert!(
-        seam > 48_000 && seam < frames,
+        seam > 4_800 && seam < frames,
         "first stretch is {seam} frames"
     );
     // From that same sample on, every file continues with one aligned stretch: a track whose
