@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jack::{
@@ -27,6 +27,7 @@ use jack::{
     PortId, ProcessScope,
 };
 
+use super::ports::{lock, parse_input, track_port_names};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
     RunningBackend, TransportMode, TransportRequest,
@@ -431,12 +432,6 @@ pub struct JackGraph {
     direct_outs: bool,
     sample_rate: u32,
     state: Mutex<GraphState>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn jack_error(what: &str, e: jack::Error) -> BackendError {
@@ -1120,19 +1115,6 @@ fn unique_base(meta: &NodeMeta, slot: usize, name: &str) -> String {
     base
 }
 
-/// Short port names of a track (`base` from [`unique_base`]): `<session>.<base>.in`, or
-/// `.in_L` and `.in_R` for stereo.
-fn track_port_names(prefix: &str, track: &str, channels: u8) -> Vec<String> {
-    if channels >= 2 {
-        vec![
-            format!("{prefix}.{track}.in_L"),
-            format!("{prefix}.{track}.in_R"),
-        ]
-    } else {
-        vec![format!("{prefix}.{track}.in")]
-    }
-}
-
 /// Short names of a track's direct outputs: `<session>.<base>.out_L` and `.out_R`.
 fn track_out_names(prefix: &str, track: &str) -> [String; 2] {
     [
@@ -1209,34 +1191,6 @@ fn unregister_ports(client: &Client, node: &mut Node) {
 
 fn unregister_node(client: &Client, mut node: Node) {
     unregister_ports(client, &mut node);
-}
-
-/// Splits an input word into one group of source ports per channel.
-fn parse_input(input: &str, channels: u8) -> Result<Vec<Vec<String>>, BackendError> {
-    let input = input.trim();
-    if input.is_empty() || input == "none" {
-        return Ok(vec![Vec::new(); usize::from(channels)]);
-    }
-    let groups: Vec<Vec<String>> = input
-        .split(',')
-        .map(|group| {
-            group
-                .split('+')
-                .map(str::trim)
-                .filter(|p| !p.is_empty() && *p != "none")
-                .map(str::to_string)
-                .collect()
-        })
-        .collect();
-    if groups.len() != usize::from(channels) {
-        return Err(BackendError::input(format!(
-            "a {} track takes {} input group(s) separated by ',', got {}: {input:?}",
-            if channels == 2 { "stereo" } else { "mono" },
-            channels,
-            groups.len()
-        )));
-    }
-    Ok(groups)
 }
 
 /// The input word of a track's ports as JACK has them connected now.

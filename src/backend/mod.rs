@@ -18,6 +18,8 @@ pub mod jack;
 pub mod offline;
 #[cfg(feature = "pipewire")]
 pub mod pipewire;
+#[cfg(any(feature = "jack", feature = "pipewire"))]
+mod ports;
 pub mod virtual_graph;
 
 use std::fmt;

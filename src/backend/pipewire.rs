@@ -31,7 +31,7 @@ use std::ffi::{c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::pipewire as pw;
@@ -45,6 +45,7 @@ use pw::sys as pw_sys;
 use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
+use super::ports::{lock, parse_input, track_port_names};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
     TransportRequest,
@@ -522,12 +523,6 @@ struct GraphSignals {
     /// The registry's view. Lock order: the thread loop's lock first (its listeners run with it
     /// held), then this one; never the thread loop's while holding this.
     model: Mutex<Model>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Holds a thread loop's lock (the thread loop does not dispatch while it is held).
@@ -1059,47 +1054,6 @@ impl Drop for Connection {
     }
 }
 
-/// Splits an input word into one group of source port names per channel.
-fn parse_input(input: &str, channels: u8) -> Result<Vec<Vec<String>>, BackendError> {
-    let input = input.trim();
-    if input.is_empty() || input == "none" {
-        return Ok(vec![Vec::new(); usize::from(channels)]);
-    }
-    let groups: Vec<Vec<String>> = input
-        .split(',')
-        .map(|group| {
-            group
-                .split('+')
-                .map(str::trim)
-                .filter(|p| !p.is_empty() && *p != "none")
-                .map(str::to_string)
-                .collect()
-        })
-        .collect();
-    if groups.len() != usize::from(channels) {
-        return Err(BackendError::input(format!(
-            "a {} track takes {} input group(s) separated by ',', got {}: {input:?}",
-            if channels == 2 { "stereo" } else { "mono" },
-            channels,
-            groups.len()
-        )));
-    }
-    Ok(groups)
-}
-
-/// Short port names of a track: `<session>.<track>.in`, or `.in_L` and `.in_R` for stereo.
-fn track_port_names(prefix: &str, track: &str, channels: u8) -> Vec<String> {
-    let track = crate::control::validate::slug(track);
-    if channels >= 2 {
-        vec![
-            format!("{prefix}.{track}.in_L"),
-            format!("{prefix}.{track}.in_R"),
-        ]
-    } else {
-        vec![format!("{prefix}.{track}.in")]
-    }
-}
-
 /// What control knows about one track's ports.
 #[derive(Clone, Debug)]
 struct TrackMeta {
@@ -1490,7 +1444,11 @@ fn add_track(
 ) -> Result<(TrackPorts, Vec<u32>), BackendError> {
     let mut ports = TrackPorts::new([None, None]);
     let mut ids = Vec::new();
-    for (channel, name) in track_port_names(prefix, track, channels).iter().enumerate() {
+    for (channel, name) in
+        track_port_names(prefix, &crate::control::validate::slug(track), channels)
+            .iter()
+            .enumerate()
+    {
         let added = connection.add_port(name, false).and_then(|port| {
             ports.ports[channel] = Some(port);
             connection.port_id(name).ok_or_else(|| {
@@ -1823,18 +1781,6 @@ mod tests {
         );
         let error = parse_input("a:1,a:2", 1).unwrap_err();
         assert!(error.invalid_input, "{error}");
-    }
-
-    #[test]
-    fn track_ports_follow_the_jack_names() {
-        assert_eq!(
-            track_port_names("demo", "Track 1", 1),
-            vec!["demo.track-1.in"]
-        );
-        assert_eq!(
-            track_port_names("demo", "Keys", 2),
-            vec!["demo.keys.in_L", "demo.keys.in_R"]
-        );
     }
 
     fn model() -> Model {
