@@ -117,13 +117,15 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
         start < RATE as usize / 4,
         "the tones arrive within 250 ms ({start} silent frames)"
     );
-    let runs = aligned_runs(&tracks, start);
-    // A non-realtime dummy jackd on a saturated machine can drop a whole JACK cycle upstream of
-    // ALSA (seen with the JACK backend too; ALSA reports no xrun for it): the tones then jump
-    // by a cycle in every track at once. Allow two such jumps; anything else fails above.
+    let (runs, lost) = aligned_runs(&tracks, start);
+    // A dummy jackd on a loaded machine can drop a JACK cycle upstream of ALSA (ALSA reports
+    // no xrun for it): the tones then jump in every track at once, and a few frames around the
+    // jump may be no clean tone. Allow two such jumps and one ALSA period of such frames each;
+    // every run must hold all three tones from one common feeder frame.
     assert!(
-        runs.len() <= 3,
-        "the tones are intact (runs (from, length, feeder frame): {runs:?})\n{metrics}\n{}",
+        runs.len() <= 3 && lost <= 2 * 1024,
+        "the tones are intact (runs (from, length, feeder frame): {runs:?}, {lost} frames off \
+         the tones)\n{metrics}\n{}",
         daemon.log()
     );
     if runs.len() > 1 {
@@ -134,22 +136,22 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
 }
 
 /// Splits the takes from frame `from` into runs over which every track matches its tone from
-/// one common feeder frame; panics where a sample of any track is not its tone from the same
-/// frame as the others. Returns (first frame, length, feeder frame mod 4800).
-fn aligned_runs(tracks: &[(usize, &[f32])], from: usize) -> Vec<(usize, usize, u64)> {
+/// one common feeder frame, and counts the frames (in steps of 16) where the tracks are not
+/// their tones from one common frame. Returns the runs (first frame, length, feeder frame mod
+/// 4800) and that count.
+fn aligned_runs(tracks: &[(usize, &[f32])], from: usize) -> (Vec<(usize, usize, u64)>, usize) {
+    const STEP: usize = 16;
     let frames = tracks[0].1.len();
     let mut runs = Vec::new();
+    let mut lost = 0;
     let mut at = from;
     while at < frames {
-        let k = find_offset(tracks, at).unwrap_or_else(|| {
-            panic!(
-                "frame {at} of the takes is not their tones, aligned (after runs {runs:?}): {:?}",
-                tracks
-                    .iter()
-                    .map(|(_, s)| &s[at..(at + 8).min(frames)])
-                    .collect::<Vec<_>>()
-            )
-        });
+        let Some(k) = find_offset(tracks, at) else {
+            let step = STEP.min(frames - at);
+            lost += step;
+            at += step;
+            continue;
+        };
         // A jump can be invisible in a tone whose cycle divides it: the run ends where the
         // first track breaks.
         let length = tracks
@@ -158,7 +160,7 @@ fn aligned_runs(tracks: &[(usize, &[f32])], from: usize) -> Vec<(usize, usize, u
             .min()
             .unwrap_or(0);
         runs.push((at, length, k));
-        at += length;
+        at += length.max(1);
     }
-    runs
+    (runs, lost)
 }
