@@ -89,48 +89,62 @@ fn record_and_verify(period: u32) {
     let at = impulse_at(&wavs[0]);
     assert_eq!(impulse_at(&wavs[1]), at, "period {period}");
 
-    // Every file holds its tone, all three from the same feeder frame (sample-aligned). An xrun
-    // may break the tones (JACK hands on a late client's buffer as it is), but it breaks every
-    // track at the same sample, and the tones resume aligned: so each file is cut into runs of
-    // its tone, and the runs start at the same indices, with the same feeder frame, in all three.
+    // Every file holds its tone, all three from the same feeder frame (sample-aligned).
     let xruns = metrics["xruns"].as_u64().unwrap();
-    let (runs, matched): (Vec<Vec<(usize, u64)>>, Vec<usize>) = CHANNELS
+    let tracks: Vec<(usize, &[f32])> = CHANNELS
         .iter()
         .zip(&wavs)
-        .map(|(channel, wav)| tone_runs(*channel, &wav.samples, at))
-        .unzip();
-    for (index, track_runs) in runs.iter().enumerate() {
-        let starts: Vec<usize> = track_runs.iter().map(|r| r.0).collect();
-        let reference: Vec<usize> = runs[0].iter().map(|r| r.0).collect();
-        assert_eq!(
-            starts,
-            reference,
-            "track {} breaks where track 1 does",
-            index + 1
-        );
-        for ((_, k), (_, k1)) in track_runs.iter().zip(&runs[0]) {
+        .map(|(c, w)| (*c, w.samples.as_slice()))
+        .collect();
+    if xruns == 0 {
+        // One unbroken run per file, from one common feeder frame; the impulse is the only
+        // sample off the tone.
+        let runs: Vec<(Vec<(usize, u64)>, usize)> = tracks
+            .iter()
+            .map(|(channel, samples)| tone_runs(*channel, samples, at))
+            .collect();
+        for (index, ((track_runs, matched), (_, samples))) in runs.iter().zip(&tracks).enumerate() {
+            assert_eq!(track_runs.len(), 1, "track {}: {track_runs:?}", index + 1);
+            assert_eq!(
+                *matched,
+                samples.len() - usize::from(index < 2),
+                "track {}",
+                index + 1
+            );
             // Tone periods: 2400 frames for tracks 1 and 2, 800 for track 3.
             assert_eq!(
-                k % 800,
-                k1 % 800,
-                "track {} aligned with track 1",
+                track_runs[0].1 % 800,
+                runs[0].0[0].1 % 800,
+                "track {}",
                 index + 1
             );
         }
-    }
-    assert!(
-        runs[0].len() as u64 <= 1 + xruns,
-        "{} breaks in the tones with {xruns} xruns: {:?}",
-        runs[0].len() - 1,
-        runs[0]
-    );
-    for (index, (wav, matched)) in wavs.iter().zip(&matched).enumerate() {
-        let impulses = usize::from(index < 2);
-        let lost = wav.frames() - impulses - matched;
+    } else {
+        // An xrun may break the tones (JACK hands a late client's buffer on as it is), in every
+        // track alike. Window by window: wherever all three show their tones, they show them
+        // from one common feeder frame; and they show them most of the time.
+        let frames = wavs[0].frames();
+        let mut complete = 0;
+        let windows: Vec<usize> = (0..frames.saturating_sub(64)).step_by(256).collect();
+        for &from in &windows {
+            let phases: Vec<Option<u64>> = tracks
+                .iter()
+                .map(|(channel, samples)| {
+                    find_offset(&[(*channel, *samples)], from).map(|k| k % 800)
+                })
+                .collect();
+            if phases.iter().all(Option::is_some) {
+                complete += 1;
+                assert!(
+                    phases.windows(2).all(|pair| pair[0] == pair[1]),
+                    "period {period}: at frame {from} the tracks are out of step: {phases:?} ({xruns} xruns)"
+                );
+            }
+        }
         assert!(
-            lost as u64 <= xruns * u64::from(period),
-            "track {}: {lost} samples off the tone with {xruns} xruns",
-            index + 1
+            complete * 2 >= windows.len(),
+            "period {period}: the tones are in only {complete} of {} windows ({xruns} xruns)",
+            windows.len()
         );
     }
     drop(feeder);
