@@ -27,7 +27,7 @@ use jack::{
     PortId, ProcessScope,
 };
 
-use super::ports::{lock, parse_input, track_port_names};
+use super::ports::{self, lock, parse_input, track_port_names, HostedNode, NodeCommand};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
     RunningBackend, TransportMode, TransportRequest,
@@ -145,23 +145,17 @@ impl Node {
 }
 
 /// Commands from control to the process callback.
-enum GraphCommand {
-    /// Puts a node in slot `index`.
-    Attach { index: usize, node: Box<Node> },
-    /// Takes the node out of slot `index` and hands it back.
-    Detach { index: usize },
-    /// Replaces the ports of track `slot` of node `index`.
-    SetTrack {
-        index: usize,
-        slot: usize,
-        ports: Option<Box<TrackPorts>>,
-    },
-}
+type GraphCommand = NodeCommand<Node, TrackPorts>;
 
-/// What the process callback hands back to be freed (or unregistered) off the real-time thread.
-enum Retired {
-    Node { index: usize, node: Box<Node> },
-    Track(Box<TrackPorts>),
+/// What the process callback hands back to be freed off the real-time thread.
+type Retired = ports::Retired<Node, TrackPorts>;
+
+impl HostedNode for Node {
+    type Ports = TrackPorts;
+
+    fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<TrackPorts>>> {
+        self.tracks.get_mut(slot)
+    }
 }
 
 /// The process handler: the nodes and the queues. Lives inside the JACK client.
@@ -180,47 +174,7 @@ impl GraphProcess {
     /// Applies queued commands while the hand-back queue has room for what they replace.
     /// **Real-time safe**.
     fn apply_commands(&mut self) {
-        while self.retired.slots() > 0 {
-            let Ok(command) = self.commands.pop() else {
-                return;
-            };
-            match command {
-                GraphCommand::Attach { index, node } => {
-                    if let Some(cell) = self.nodes.get_mut(index) {
-                        if let Some(old) = cell.replace(node) {
-                            let _ = self.retired.push(Retired::Node { index, node: old });
-                        }
-                    } else {
-                        let _ = self.retired.push(Retired::Node { index, node });
-                    }
-                }
-                GraphCommand::Detach { index } => {
-                    if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {
-                        let _ = self.retired.push(Retired::Node { index, node });
-                    }
-                }
-                GraphCommand::SetTrack { index, slot, ports } => {
-                    let cell = self
-                        .nodes
-                        .get_mut(index)
-                        .and_then(|node| node.as_mut())
-                        .and_then(|node| node.tracks.get_mut(slot));
-                    match cell {
-                        Some(cell) => {
-                            let old = std::mem::replace(cell, ports);
-                            if let Some(old) = old {
-                                let _ = self.retired.push(Retired::Track(old));
-                            }
-                        }
-                        None => {
-                            if let Some(ports) = ports {
-                                let _ = self.retired.push(Retired::Track(ports));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        ports::apply_commands(&mut self.nodes, &mut self.commands, &mut self.retired);
     }
 }
 

@@ -45,7 +45,7 @@ use pw::sys as pw_sys;
 use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
-use super::ports::{lock, parse_input, track_port_names};
+use super::ports::{self, lock, parse_input, track_port_names, HostedNode, NodeCommand};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
     TransportRequest,
@@ -203,23 +203,17 @@ impl Node {
 }
 
 /// Commands from control to the process callback.
-enum GraphCommand {
-    /// Puts a node in slot `index`.
-    Attach { index: usize, node: Box<Node> },
-    /// Takes the node out of slot `index` and hands it back.
-    Detach { index: usize },
-    /// Replaces the ports of track `slot` of node `index`.
-    SetTrack {
-        index: usize,
-        slot: usize,
-        ports: Option<Box<TrackPorts>>,
-    },
-}
+type GraphCommand = NodeCommand<Node, TrackPorts>;
 
-/// What the process callback hands back to be freed (or removed) off the real-time thread.
-enum Retired {
-    Node { index: usize, node: Box<Node> },
-    Track(Box<TrackPorts>),
+/// What the process callback hands back to be freed off the real-time thread.
+type Retired = ports::Retired<Node, TrackPorts>;
+
+impl HostedNode for Node {
+    type Ports = TrackPorts;
+
+    fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<TrackPorts>>> {
+        self.tracks.get_mut(slot)
+    }
 }
 
 /// The real-time side: the nodes and the queues.
@@ -235,47 +229,7 @@ impl FilterProcess {
     /// Applies queued commands while the hand-back queue has room for what they replace.
     /// **Real-time safe**.
     fn apply_commands(&mut self) {
-        while self.retired.slots() > 0 {
-            let Ok(command) = self.commands.pop() else {
-                return;
-            };
-            match command {
-                GraphCommand::Attach { index, node } => match self.nodes.get_mut(index) {
-                    Some(cell) => {
-                        if let Some(old) = cell.replace(node) {
-                            let _ = self.retired.push(Retired::Node { index, node: old });
-                        }
-                    }
-                    None => {
-                        let _ = self.retired.push(Retired::Node { index, node });
-                    }
-                },
-                GraphCommand::Detach { index } => {
-                    if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {
-                        let _ = self.retired.push(Retired::Node { index, node });
-                    }
-                }
-                GraphCommand::SetTrack { index, slot, ports } => {
-                    let cell = self
-                        .nodes
-                        .get_mut(index)
-                        .and_then(|node| node.as_mut())
-                        .and_then(|node| node.tracks.get_mut(slot));
-                    match cell {
-                        Some(cell) => {
-                            if let Some(old) = std::mem::replace(cell, ports) {
-                                let _ = self.retired.push(Retired::Track(old));
-                            }
-                        }
-                        None => {
-                            if let Some(ports) = ports {
-                                let _ = self.retired.push(Retired::Track(ports));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        ports::apply_commands(&mut self.nodes, &mut self.commands, &mut self.retired);
     }
 
     /// Whether this cycle starts where the last one ended on the same driver clock: when the
@@ -1764,24 +1718,6 @@ impl RunningBackend for PipeWireSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn input_words_split_into_channel_groups() {
-        assert_eq!(
-            parse_input("none", 2).unwrap(),
-            vec![Vec::<String>::new(); 2]
-        );
-        assert_eq!(
-            parse_input("a:out_1+b:out_2", 1).unwrap(),
-            vec![vec!["a:out_1".to_string(), "b:out_2".to_string()]]
-        );
-        assert_eq!(
-            parse_input("a:1,a:2", 2).unwrap(),
-            vec![vec!["a:1".to_string()], vec!["a:2".to_string()]]
-        );
-        let error = parse_input("a:1,a:2", 1).unwrap_err();
-        assert!(error.invalid_input, "{error}");
-    }
 
     fn model() -> Model {
         let mut model = Model::default();

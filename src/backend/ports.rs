@@ -1,5 +1,6 @@
-//! What the graphs with ports per track (JACK, PipeWire) share: the input-word grammar and the
-//! port names. Not real-time code.
+//! What the graphs with ports per track (JACK, PipeWire) share: the input-word grammar, the
+//! port names, and the node table their process callbacks keep (commands in, retired things
+//! out). Only [`apply_commands`] is real-time code.
 
 use super::BackendError;
 
@@ -54,6 +55,76 @@ pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A session's node as a process callback hosts it: its tracks' port sets can be swapped.
+pub(super) trait HostedNode {
+    /// One track's ports.
+    type Ports;
+    /// The port-set cell of track `slot`, if the node has that slot. Real-time safe.
+    fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<Self::Ports>>>;
+}
+
+/// Commands from control to a process callback's node table.
+pub(super) enum NodeCommand<N, P> {
+    /// Puts a node in slot `index`.
+    Attach { index: usize, node: Box<N> },
+    /// Takes the node out of slot `index` and hands it back.
+    Detach { index: usize },
+    /// Replaces the ports of track `slot` of node `index`.
+    SetTrack {
+        index: usize,
+        slot: usize,
+        ports: Option<Box<P>>,
+    },
+}
+
+/// What a process callback hands back to be freed (or unregistered) off the real-time thread.
+pub(super) enum Retired<N, P> {
+    /// A detached or replaced node.
+    Node { index: usize, node: Box<N> },
+    /// A track's replaced ports.
+    Track(Box<P>),
+}
+
+/// Applies queued commands to `nodes` while the hand-back queue has room for what they
+/// replace (so nothing is ever dropped on the real-time thread). **Real-time safe**.
+pub(super) fn apply_commands<N: HostedNode>(
+    nodes: &mut [Option<Box<N>>],
+    commands: &mut rtrb::Consumer<NodeCommand<N, N::Ports>>,
+    retired: &mut rtrb::Producer<Retired<N, N::Ports>>,
+) {
+    while retired.slots() > 0 {
+        let Ok(command) = commands.pop() else {
+            return;
+        };
+        let out = match command {
+            NodeCommand::Attach { index, node } => match nodes.get_mut(index) {
+                Some(cell) => cell
+                    .replace(node)
+                    .map(|old| Retired::Node { index, node: old }),
+                None => Some(Retired::Node { index, node }),
+            },
+            NodeCommand::Detach { index } => nodes
+                .get_mut(index)
+                .and_then(Option::take)
+                .map(|node| Retired::Node { index, node }),
+            NodeCommand::SetTrack { index, slot, ports } => {
+                let cell = nodes
+                    .get_mut(index)
+                    .and_then(|node| node.as_mut())
+                    .and_then(|node| node.track_ports(slot));
+                match cell {
+                    Some(cell) => std::mem::replace(cell, ports).map(Retired::Track),
+                    None => ports.map(Retired::Track),
+                }
+            }
+        };
+        if let Some(out) = out {
+            // Room was checked above: one command retires at most one thing.
+            let _ = retired.push(out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +156,59 @@ mod tests {
             track_port_names("demo", "keys", 2),
             vec!["demo.keys.in_L", "demo.keys.in_R"]
         );
+    }
+
+    struct TestNode {
+        tracks: Vec<Option<Box<u8>>>,
+    }
+
+    impl HostedNode for TestNode {
+        type Ports = u8;
+        fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<u8>>> {
+            self.tracks.get_mut(slot)
+        }
+    }
+
+    #[test]
+    fn commands_swap_nodes_and_ports_and_hand_back_what_they_replace() {
+        let (mut tx, mut commands) = rtrb::RingBuffer::new(8);
+        let (mut retired, mut back) = rtrb::RingBuffer::new(1);
+        let mut nodes: Vec<Option<Box<TestNode>>> = vec![None, None];
+        let node = |ports: Option<u8>| {
+            Box::new(TestNode {
+                tracks: vec![ports.map(Box::new), None],
+            })
+        };
+        for command in [
+            NodeCommand::Attach {
+                index: 0,
+                node: node(Some(1)),
+            },
+            NodeCommand::SetTrack {
+                index: 0,
+                slot: 0,
+                ports: Some(Box::new(2)),
+            },
+            NodeCommand::Attach {
+                index: 5,
+                node: node(None),
+            },
+            NodeCommand::Detach { index: 0 },
+        ] {
+            assert!(tx.push(command).is_ok());
+        }
+        let mut handed = Vec::new();
+        for _ in 0..4 {
+            // One hand-back place: each round applies until it is full, then the test empties it.
+            apply_commands(&mut nodes, &mut commands, &mut retired);
+            while let Ok(item) = back.pop() {
+                handed.push(match item {
+                    Retired::Node { index, node } => format!("node {index} {:?}", node.tracks[0]),
+                    Retired::Track(ports) => format!("ports {ports}"),
+                });
+            }
+        }
+        assert_eq!(handed, ["ports 1", "node 5 None", "node 0 Some(2)"]);
+        assert!(nodes.iter().all(Option::is_none));
     }
 }
