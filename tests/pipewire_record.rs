@@ -132,7 +132,9 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
 
     // Every file holds its tone, all three from the same feeder frame (sample-aligned), the
     // whole take long except the impulse sample. On a loaded machine PipeWire may run cycles
-    // without overdub's node: the takes then jump ahead together, and each jump is an xrun.
+    // without overdub's node: the takes then jump ahead together, and each jump is an xrun; a
+    // cycle the feeder missed as well may leave frames that are no tone (at most a period per
+    // xrun).
     let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
         .as_u64()
         .unwrap();
@@ -144,9 +146,14 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
     let len = tracks[0].1.len();
     let mut from = 0;
     let mut jumps = 0;
+    let mut lost = 0;
     while from < len {
-        let k = find_offset(&tracks, from)
-            .unwrap_or_else(|| panic!("the takes hold their tones, aligned, at {from}"));
+        let Some(k) = find_offset(&tracks, from) else {
+            let step = 16.min(len - from);
+            lost += step;
+            from += step;
+            continue;
+        };
         let run = tracks
             .iter()
             .enumerate()
@@ -171,10 +178,14 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
             );
         }
     }
-    eprintln!("{jumps} jump(s) in the takes, {xruns} xrun(s) reported");
+    eprintln!("{jumps} jump(s) and {lost} frames off the tones in the takes, {xruns} xrun(s)");
     assert!(
         jumps <= xruns,
         "{jumps} jumps in the takes but {xruns} xruns reported"
+    );
+    assert!(
+        lost as u64 <= xruns * u64::from(PERIOD),
+        "{lost} frames off the tones with {xruns} xruns"
     );
 
     // A rename gives the track new ports with the same links.
