@@ -119,6 +119,8 @@ struct TrackState {
     /// Replaces the backend input while attached.
     stream: Option<Box<InboundStream>>,
     meter: Meter,
+    /// The pan value last seen and its gains: the pan law's cos/sin only run when it changes.
+    pan: (f32, (f32, f32)),
 }
 
 /// A stream or tap waiting to be handed back (the event queue was full). Never dropped here.
@@ -181,6 +183,12 @@ impl Outlets {
     }
 }
 
+/// Every this many rendered segments the capture rings' read positions are re-read (one
+/// cross-core cache miss per track) and their headroom published; in between, pushes use the
+/// cached position unless it shows too little room. 8 periods of 256 frames are 43 ms, 2 % of
+/// the default 2 s ring.
+const RING_REFRESH_SEGMENTS: u32 = 8;
+
 /// Pre-allocated per-period work buffers (`max_period` frames each).
 struct Scratch {
     left: Box<[f32]>,
@@ -205,7 +213,10 @@ pub struct Processor {
     /// Frames processed since the engine was built, rolling or not (tap blocks count in it).
     graph_frame: u64,
     master_meters: [Meter; 2],
-    rms_coefficient: f64,
+    /// [`Meter::log_retention`] at the engine's sample rate.
+    rms_retention: f64,
+    /// Segments rendered, for [`RING_REFRESH_SEGMENTS`].
+    segments: u32,
     max_period: usize,
     state: TransportState,
     paused_from: TransportState,
@@ -243,6 +254,7 @@ impl Processor {
                 retired: None,
                 stream: None,
                 meter: Meter::default(),
+                pan: (0.0, pan_gains(0.0)),
             })
             .collect();
         let handbacks = (0..max_tracks + MAX_TAPS + 4).map(|_| None).collect();
@@ -264,7 +276,8 @@ impl Processor {
             handbacks,
             graph_frame: 0,
             master_meters: [Meter::default(); 2],
-            rms_coefficient: Meter::coefficient(sample_rate),
+            rms_retention: Meter::log_retention(sample_rate),
+            segments: 0,
             max_period,
             state: TransportState::Stopped,
             paused_from: TransportState::Stopped,
@@ -766,7 +779,8 @@ impl Processor {
                     frames,
                     capturing,
                     any_soloed,
-                    rms_coefficient: self.rms_coefficient,
+                    rms_retention: self.rms_retention,
+                    refresh_rings: self.segments % RING_REFRESH_SEGMENTS == 0,
                 },
                 &mut self.outlets,
                 &mut self.scratch,
@@ -807,11 +821,12 @@ impl Processor {
             }
         }
         self.graph_frame = self.graph_frame.wrapping_add(frames as u64);
+        self.segments = self.segments.wrapping_add(1);
         let shared = &self.outlets.shared;
         let mut master_clips = 0;
         for (side, out) in [&left[..frames], &right[..frames]].into_iter().enumerate() {
             if let Some(meter) = self.master_meters.get_mut(side) {
-                let level = meter.feed_mono(out, self.rms_coefficient);
+                let level = meter.feed_mono(out, self.rms_retention);
                 master_clips += level.clips;
                 if let Some(cell) = shared.master_cell(side) {
                     cell.publish(level.peak, meter.rms());
@@ -838,7 +853,10 @@ struct TrackRender<'a> {
     frames: usize,
     capturing: bool,
     any_soloed: bool,
-    rms_coefficient: f64,
+    /// [`Meter::log_retention`] at the engine's sample rate.
+    rms_retention: f64,
+    /// Re-read the capture rings' read positions and publish their headroom this segment.
+    refresh_rings: bool,
 }
 
 /// Slot index as the `u16` used in messages (slots are created from `u16` indices).
@@ -973,9 +991,9 @@ fn render_track(
         }
     }
     let level = if stereo {
-        state.meter.feed_stereo(left, right, job.rms_coefficient)
+        state.meter.feed_stereo(left, right, job.rms_retention)
     } else {
-        state.meter.feed_mono(left, job.rms_coefficient)
+        state.meter.feed_mono(left, job.rms_retention)
     };
     if let Some(cell) = outlets.shared.track_cell(usize::from(track)) {
         cell.publish(level.peak, state.meter.rms());
@@ -1004,6 +1022,7 @@ fn render_track(
                 track,
                 channels,
                 samples,
+                job.refresh_rings,
                 outlets,
             );
         }
@@ -1013,7 +1032,10 @@ fn render_track(
     if monitors_input(params.monitoring, params.armed)
         && audible(params.muted, params.soloed, job.any_soloed)
     {
-        let (gain_left, gain_right) = pan_gains(params.pan);
+        if state.pan.0.to_bits() != params.pan.to_bits() {
+            state.pan = (params.pan, pan_gains(params.pan));
+        }
+        let (gain_left, gain_right) = state.pan.1;
         let (gain_left, gain_right) = (gain_left * params.level, gain_right * params.level);
         let left = &scratch.left[..frames];
         let right = if stereo {
@@ -1033,7 +1055,10 @@ fn render_track(
 
 /// Pushes whole frames of `samples` (interleaved, `channels` per frame) to a capture ring;
 /// what does not fit, or cannot follow yet because a marker is pending, becomes a gap.
-/// Real-time safe.
+/// The writer's read position is a cache line another core writes, so it is only re-read when
+/// `refresh` is set or the cached view of the free space is too small; the headroom is
+/// published whenever it was re-read. Real-time safe.
+#[allow(clippy::too_many_arguments)]
 fn capture(
     take: &mut Take,
     backlog: &mut Backlog,
@@ -1041,10 +1066,16 @@ fn capture(
     track: u16,
     channels: usize,
     samples: &[f32],
+    refresh: bool,
     outlets: &mut Outlets,
 ) {
     let frames = samples.len() / channels;
-    let fit = ring.slots() / channels;
+    let mut free = ring.cached_slots();
+    let refresh = refresh || free < samples.len();
+    if refresh {
+        free = ring.slots();
+    }
+    let fit = free / channels;
     let mut pushed = 0;
     if fit > 0 && backlog.flush(track, outlets, true) {
         pushed = fit.min(frames);
@@ -1062,9 +1093,9 @@ fn capture(
     }
     take.len += frames as u64;
     let capacity = ring.buffer().capacity();
-    if capacity > 0 {
+    if refresh && capacity > 0 {
         outlets
             .shared
-            .note_headroom(ring.slots() as f32 / capacity as f32);
+            .note_headroom(ring.cached_slots() as f32 / capacity as f32);
     }
 }
