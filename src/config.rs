@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::backend::virtual_graph::{VirtualConfig, VirtualSignal};
 use crate::backend::{AlsaOutput, AlsaSettings, JackSettings, TransportMode};
 
-use crate::capture::SampleFormat;
+use crate::capture::{SampleFormat, SyncScope};
 
 /// A configuration problem: the file cannot be read or parsed, or a value is out of range.
 #[derive(Debug)]
@@ -241,8 +241,11 @@ impl Default for SessionDefaults {
 pub struct CaptureConfig {
     /// `s16`, `s24` or `f32`.
     pub format: String,
-    /// Seconds between header rewrites + fdatasync: the most a crash can lose.
+    /// Seconds between header rewrites + syncs: the most a crash can lose.
     pub flush_interval: f64,
+    /// How a flush makes takes durable: `filesystem` (one `syncfs` for all takes) or `files`
+    /// (one `fdatasync` per take).
+    pub sync: String,
     /// Seconds of audio each track's ring between the audio thread and the disk holds.
     pub ring_seconds: f64,
     /// Recording is refused when free space holds less than this many seconds of it.
@@ -256,6 +259,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             format: "s24".into(),
             flush_interval: 1.0,
+            sync: "filesystem".into(),
             ring_seconds: 2.0,
             min_free_seconds: 60.0,
             stop_free_seconds: 10.0,
@@ -267,6 +271,11 @@ impl CaptureConfig {
     /// The take sample format (validated by [`Config::validate`]).
     pub fn sample_format(&self) -> SampleFormat {
         SampleFormat::parse(&self.format).unwrap_or(SampleFormat::S24)
+    }
+
+    /// The sync scope (validated by [`Config::validate`]).
+    pub fn sync_scope(&self) -> SyncScope {
+        SyncScope::parse(&self.sync).unwrap_or(SyncScope::Filesystem)
     }
 
     /// The flush interval as a duration.
@@ -405,6 +414,9 @@ impl Config {
         if !(0.05..=60.0).contains(&c.flush_interval) {
             return bad("capture.flush_interval", "must be 0.05–60 seconds");
         }
+        if SyncScope::parse(&c.sync).is_none() {
+            return bad("capture.sync", "must be \"filesystem\" or \"files\"");
+        }
         if !(0.5..=60.0).contains(&c.ring_seconds) {
             return bad("capture.ring_seconds", "must be 0.5–60 seconds");
         }
@@ -511,6 +523,9 @@ mod tests {
         let mut config = Config::default();
         config.capture.format = "mp3".into();
         assert!(config.validate().unwrap_err().0.contains("capture.format"));
+        config.capture.format = "s24".into();
+        config.capture.sync = "never".into();
+        assert!(config.validate().unwrap_err().0.contains("capture.sync"));
         let mut config = Config::default();
         config.engine.max_tracks = 0;
         assert!(config.validate().is_err());

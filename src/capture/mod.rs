@@ -19,7 +19,7 @@ pub mod writer;
 pub use recovery::{repair_wav, RepairedWav};
 pub use space::free_space;
 pub use wav::WavWriter;
-pub use writer::{CaptureWriter, ControlToWriter, WriterConfig, WriterToControl};
+pub use writer::{CaptureWriter, ControlToWriter, SyncScope, WriterConfig, WriterToControl};
 
 /// Sample format of a take file (config `capture.format`). 24-bit PCM is the default: it is
 /// lossless for every real converter and a quarter smaller than float.

@@ -49,6 +49,8 @@ pub struct WriterConfig {
     pub format: SampleFormat,
     /// Time between syncs of the open takes: the most a crash can lose. Zero syncs every pass.
     pub flush_interval: Duration,
+    /// How the open takes are made durable at each flush.
+    pub sync: SyncScope,
     /// The filesystem whose free space is watched (the takes' directory).
     pub watch_dir: PathBuf,
     /// [`WriterToControl::DiskLow`] is sent when free space is below this many seconds of the
@@ -64,8 +66,32 @@ impl WriterConfig {
             sample_rate,
             format: SampleFormat::S24,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
+            sync: SyncScope::Filesystem,
             watch_dir,
             stop_free_seconds: 30.0,
+        }
+    }
+}
+
+/// How a flush makes the open takes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncScope {
+    /// Headers of every open take are rewritten, then one `syncfs` per filesystem holding
+    /// takes: one journal commit and one batch of I/O for all tracks. The sync also writes
+    /// back other programs' pending data on that filesystem, so a busy shared disk can make it
+    /// slower.
+    Filesystem,
+    /// One `fdatasync` per open take: touches only the takes, costs a journal commit each.
+    Files,
+}
+
+impl SyncScope {
+    /// Parses the `capture.sync` setting: `filesystem` or `files`.
+    pub fn parse(text: &str) -> Option<SyncScope> {
+        match text {
+            "filesystem" => Some(SyncScope::Filesystem),
+            "files" => Some(SyncScope::Files),
+            _ => None,
         }
     }
 }
@@ -276,6 +302,42 @@ enum Take {
     Discard,
 }
 
+impl Take {
+    /// Hands interleaved samples to the take; `warned_stray` notes samples outside a take
+    /// (reported once).
+    fn deliver(&mut self, id: u16, samples: &[f32], warned_stray: &mut bool, events: &mut Events) {
+        match self {
+            Take::Open { wav, .. } => {
+                if let Err(error) = wav.write_frames(samples) {
+                    self.fail(id, &error, events);
+                }
+            }
+            Take::Discard => {}
+            Take::Idle => {
+                if !*warned_stray {
+                    *warned_stray = true;
+                    tracing::warn!(track = id, "capture samples outside a take; discarded");
+                }
+            }
+        }
+    }
+
+    /// Ends an open take after an I/O error (the file was already made valid) and discards
+    /// the rest of it.
+    fn fail(&mut self, id: u16, error: &io::Error, events: &mut Events) {
+        if let Take::Open { take_id, path, wav } = std::mem::replace(self, Take::Discard) {
+            let frames = wav.frames();
+            tracing::error!(track = id, take_id, frames, %error, path = %path.display(), "take failed");
+            events(WriterToControl::TakeFailed {
+                take_id,
+                track: id,
+                frames,
+                message: format!("{}: {error}", path.display()),
+            });
+        }
+    }
+}
+
 /// A track as the writer sees it.
 struct Track {
     channels: u16,
@@ -340,11 +402,22 @@ impl Track {
                 break;
             };
             let (first, second) = read.as_slices();
-            scratch.clear();
-            scratch.extend_from_slice(first);
-            scratch.extend_from_slice(second);
+            if first.len() % channels == 0 {
+                // The ring wraps between frames (as it does when its capacity is a whole number
+                // of frames): encode straight from it.
+                self.take.deliver(id, first, &mut self.warned_stray, events);
+                if !second.is_empty() {
+                    self.take
+                        .deliver(id, second, &mut self.warned_stray, events);
+                }
+            } else {
+                scratch.clear();
+                scratch.extend_from_slice(first);
+                scratch.extend_from_slice(second);
+                self.take
+                    .deliver(id, scratch, &mut self.warned_stray, events);
+            }
             read.commit_all();
-            self.deliver(id, scratch, events);
             moved += chunk as u64;
         }
         self.position += moved;
@@ -385,38 +458,10 @@ impl Track {
         self.position += frames;
     }
 
-    /// Hands interleaved samples to the current take.
-    fn deliver(&mut self, id: u16, samples: &[f32], events: &mut Events) {
-        match &mut self.take {
-            Take::Open { wav, .. } => {
-                if let Err(error) = wav.write_frames(samples) {
-                    self.fail(id, &error, events);
-                }
-            }
-            Take::Discard => {}
-            Take::Idle => {
-                if !self.warned_stray {
-                    self.warned_stray = true;
-                    tracing::warn!(track = id, "capture samples outside a take; discarded");
-                }
-            }
-        }
-    }
-
     /// Ends the open take after an I/O error (the file was already made valid) and discards
     /// the rest of it.
     fn fail(&mut self, id: u16, error: &io::Error, events: &mut Events) {
-        if let Take::Open { take_id, path, wav } = std::mem::replace(&mut self.take, Take::Discard)
-        {
-            let frames = wav.frames();
-            tracing::error!(track = id, take_id, frames, %error, path = %path.display(), "take failed");
-            events(WriterToControl::TakeFailed {
-                take_id,
-                track: id,
-                frames,
-                message: format!("{}: {error}", path.display()),
-            });
-        }
+        self.take.fail(id, error, events);
     }
 
     /// Ends the current take: an open one is synced and closed (TakeFinished, or TakeFailed
@@ -479,6 +524,8 @@ struct Writer {
     /// prepared take): retried once, after the next round of messages.
     held: Option<CaptureMarker>,
     scratch: Vec<f32>,
+    /// Filesystems synced by this flush (see [`SyncScope::Filesystem`]).
+    synced_devices: Vec<u64>,
     last_flush: Instant,
     /// A DiskLow episode is under way (reported once).
     disk_low: bool,
@@ -499,6 +546,7 @@ impl Writer {
             tracks: BTreeMap::new(),
             held: None,
             scratch: Vec::with_capacity(CHUNK_FRAMES * 2),
+            synced_devices: Vec::new(),
             last_flush: Instant::now(),
             disk_low: false,
         }
@@ -760,11 +808,55 @@ impl Writer {
     }
 
     /// Syncs every open take and checks the free space against their data rate.
+    /// Stages every open take (appends its buffer, rewrites its header), then syncs each
+    /// filesystem holding one, noting in `synced_devices` those whose sync succeeded. A take
+    /// on a filesystem whose sync failed is synced on its own by `flush`, which finds out
+    /// which file the error belongs to.
+    fn sync_filesystems(&mut self) {
+        // (device, a track with an open take on it)
+        let mut devices: Vec<(u64, u16)> = Vec::new();
+        for (&id, track) in &mut self.tracks {
+            let Take::Open { wav, .. } = &mut track.take else {
+                continue;
+            };
+            match wav.stage() {
+                Ok(()) if devices.iter().all(|&(device, _)| device != wav.device()) => {
+                    devices.push((wav.device(), id));
+                }
+                Ok(()) => {}
+                Err(error) => track.fail(id, &error, &mut self.events),
+            }
+        }
+        for (device, id) in devices {
+            let Some(Track {
+                take: Take::Open { wav, .. },
+                ..
+            }) = self.tracks.get(&id)
+            else {
+                continue;
+            };
+            match wav.sync_filesystem() {
+                Ok(()) => self.synced_devices.push(device),
+                Err(error) => {
+                    tracing::warn!(%error, "syncing the takes' filesystem failed; syncing each take")
+                }
+            }
+        }
+    }
+
     fn flush(&mut self) {
+        if self.config.sync == SyncScope::Filesystem {
+            self.sync_filesystems();
+        }
         let mut rate = 0u64;
         for (&id, track) in &mut self.tracks {
             if let Take::Open { wav, .. } = &mut track.take {
-                match wav.sync() {
+                let synced = if self.synced_devices.contains(&wav.device()) {
+                    Ok(())
+                } else {
+                    wav.sync()
+                };
+                match synced {
                     Ok(()) => {
                         rate += bytes_per_second(
                             self.config.format,
@@ -776,6 +868,7 @@ impl Writer {
                 }
             }
         }
+        self.synced_devices.clear();
         let threshold = self.config.stop_free_seconds;
         if rate == 0 || !threshold.is_finite() || threshold <= 0.0 {
             self.disk_low = false;
@@ -850,7 +943,18 @@ mod tests {
     }
 
     #[test]
-    fn writer_thread_end_to_end() {
+    fn writer_thread_end_to_end_syncing_the_filesystem() {
+        writer_thread_end_to_end(SyncScope::Filesystem);
+    }
+
+    #[test]
+    fn writer_thread_end_to_end_syncing_each_file() {
+        writer_thread_end_to_end(SyncScope::Files);
+    }
+
+    /// Two tracks through takes, a gap, back-to-back takes, an unprepared take and shutdown;
+    /// mid-take, what was flushed is a valid file holding the samples.
+    fn writer_thread_end_to_end(sync: SyncScope) {
         let dir = tempfile::tempdir().unwrap();
         let flush = Duration::from_millis(100);
         let (mut markers, marker_consumer) = RingBuffer::new(64);
@@ -858,7 +962,10 @@ mod tests {
         let (mut stereo, stereo_ring) = RingBuffer::new(96_000);
         let (events, received) = event_channel();
         let writer = CaptureWriter::spawn(
-            config(dir.path(), SampleFormat::F32, flush),
+            WriterConfig {
+                sync,
+                ..config(dir.path(), SampleFormat::F32, flush)
+            },
             marker_consumer,
             events,
         )

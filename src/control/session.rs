@@ -124,6 +124,7 @@ impl ActiveSession {
                 sample_rate,
                 format: config.capture.sample_format(),
                 flush_interval: config.capture.flush_duration(),
+                sync: config.capture.sync_scope(),
                 watch_dir: data_dir.to_path_buf(),
                 stop_free_seconds: config.capture.stop_free_seconds,
             },
