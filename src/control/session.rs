@@ -774,16 +774,21 @@ impl ActiveSession {
         let xruns = self.shared.xruns();
         if xruns > self.xruns_seen {
             let position = self.shared.position();
-            let takes: Vec<i64> = self.open_take_ids();
-            for take_id in takes {
-                self.journal_event(TakeEvent {
+            let events: Vec<TakeEvent> = self
+                .open_take_ids()
+                .into_iter()
+                .map(|take_id| TakeEvent {
                     take_id,
                     kind: "xrun".into(),
                     frame: position,
                     length: xruns - self.xruns_seen,
                     detail: String::new(),
                 })
-                .await;
+                .collect();
+            if !events.is_empty() {
+                if let Err(e) = self.store.add_take_events(events).await {
+                    self.report(e.into());
+                }
             }
             self.xruns_seen = xruns;
         }

@@ -346,20 +346,32 @@ impl Store {
 
     /// Appends an entry to a take's log (the take must exist).
     pub async fn add_take_event(&self, event: TakeEvent) -> Result<(), StoreError> {
+        self.add_take_events(vec![event]).await
+    }
+
+    /// Appends several events in one transaction (one commit, one sync): an xrun during a
+    /// 64-track take is one write, not 64.
+    pub async fn add_take_events(&self, events: Vec<TakeEvent>) -> Result<(), StoreError> {
         self.call(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO take_events (take_id, kind, frame, length, detail, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                event.take_id,
-                event.kind,
-                to_sql_u64(event.frame)?,
-                to_sql_u64(event.length)?,
-                event.detail,
-                now_ms(),
-            ])?;
-            Ok(())
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO take_events (take_id, kind, frame, length, detail, created_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                let now = now_ms();
+                for event in events {
+                    insert.execute(params![
+                        event.take_id,
+                        event.kind,
+                        to_sql_u64(event.frame)?,
+                        to_sql_u64(event.length)?,
+                        event.detail,
+                        now,
+                    ])?;
+                }
+            }
+            tx.commit()
         })
         .await
     }
@@ -851,7 +863,33 @@ mod tests {
             take_id: 12_345,
             ..events[0].clone()
         };
-        assert!(store.add_take_event(orphan).await.is_err());
+        assert!(store.add_take_event(orphan.clone()).await.is_err());
+        // A batch is one transaction: with an orphan in it, nothing of it is kept.
+        let batch = vec![
+            TakeEvent {
+                take_id: other,
+                ..events[1].clone()
+            },
+            orphan,
+        ];
+        assert!(store.add_take_events(batch).await.is_err());
+        assert_eq!(store.take_events(other).await.unwrap().len(), 1);
+        let batch = vec![
+            TakeEvent {
+                take_id: other,
+                ..events[1].clone()
+            },
+            TakeEvent {
+                take_id,
+                ..events[1].clone()
+            },
+        ];
+        store.add_take_events(batch).await.unwrap();
+        assert_eq!(store.take_events(other).await.unwrap().len(), 2);
+        assert_eq!(
+            store.take_events(take_id).await.unwrap().len(),
+            events.len() + 1
+        );
     }
 
     #[tokio::test]
