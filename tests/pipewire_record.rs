@@ -203,9 +203,23 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         },
         "the old port goes",
     );
+    // A name that slugs like another track's gets a port name of its own, links kept.
+    daemon.cli(&["track", "set", "3", "--name", "TRACK 1"]);
+    assert_eq!(
+        server.links_into("overdub:demo.track-1-3.in"),
+        vec!["feeder:out_3"]
+    );
+    assert_eq!(
+        server.links_into("overdub:demo.track-1.in"),
+        vec!["feeder:out_1"]
+    );
     // `none` unlinks.
     daemon.cli(&["track", "set", "1", "--input", "none"]);
     assert!(server.links_into("overdub:demo.track-1.in").is_empty());
+    assert_eq!(
+        server.links_into("overdub:demo.track-1-3.in"),
+        vec!["feeder:out_3"]
+    );
     drop(feeder);
 }
 

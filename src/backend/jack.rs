@@ -1047,26 +1047,13 @@ fn register_master(
     Ok([left, right])
 }
 
-/// The track part of a track's port names: its name's slug, or, when another track of the node
-/// has that already (names that differ only in case or in letters the slug drops), the slug
-/// followed by the track's number.
+/// The track part of a track's port names, unique among the node's other tracks.
 fn unique_base(meta: &NodeMeta, slot: usize, name: &str) -> String {
-    let mut slug = crate::control::validate::slug(name);
-    if slug.is_empty() {
-        slug = "track".into();
-    }
-    let taken = |base: &str| {
+    ports::unique_base(slot, name, |base| {
         meta.tracks
             .iter()
             .any(|(&other, track)| other != slot && track.base == base)
-    };
-    let mut base = slug.clone();
-    let mut n = slot + 1;
-    while taken(&base) {
-        base = format!("{slug}-{n}");
-        n += 100;
-    }
-    base
+    })
 }
 
 /// Short names of a track's direct outputs: `<session>.<base>.out_L` and `.out_R`.

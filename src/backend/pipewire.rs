@@ -1011,7 +1011,8 @@ impl Drop for Connection {
 /// What control knows about one track's ports.
 #[derive(Clone, Debug)]
 struct TrackMeta {
-    name: String,
+    /// The track part of its port names, unique in the node (the name's slug, made unique).
+    base: String,
     channels: u8,
     /// The input word last routed (restored when the server returns).
     input: String,
@@ -1342,7 +1343,7 @@ impl PipeWireGraph {
                 *cell = None;
             }
             for (&slot, track) in meta.tracks.iter_mut() {
-                match add_track(&mut connection, &meta.prefix, &track.name, track.channels) {
+                match add_track(&mut connection, &meta.prefix, &track.base, track.channels) {
                     Ok((ports, ids)) => {
                         track.handles = ports.handles().collect();
                         track.port_ids = ids;
@@ -1364,7 +1365,7 @@ impl PipeWireGraph {
                 if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
                     tracing::warn!(
                         "restoring the input of track {:?}: {e}; trying again when the ports appear",
-                        track.name
+                        track.base
                     );
                     track.pending = true;
                 }
@@ -1389,20 +1390,26 @@ fn add_master(connection: &mut Connection, prefix: &str) -> Result<[PortHandle; 
     }
 }
 
-/// Adds a track's input ports and waits for their registry ids.
+/// The track part of a track's port names, unique among the node's other tracks.
+fn unique_base(meta: &NodeMeta, slot: usize, name: &str) -> String {
+    ports::unique_base(slot, name, |base| {
+        meta.tracks
+            .iter()
+            .any(|(&other, track)| other != slot && track.base == base)
+    })
+}
+
+/// Adds a track's input ports (`base`: the track part of their names) and waits for their
+/// registry ids.
 fn add_track(
     connection: &mut Connection,
     prefix: &str,
-    track: &str,
+    base: &str,
     channels: u8,
 ) -> Result<(TrackPorts, Vec<u32>), BackendError> {
     let mut ports = TrackPorts::new([None, None]);
     let mut ids = Vec::new();
-    for (channel, name) in
-        track_port_names(prefix, &crate::control::validate::slug(track), channels)
-            .iter()
-            .enumerate()
-    {
+    for (channel, name) in track_port_names(prefix, base, channels).iter().enumerate() {
         let added = connection.add_port(name, false).and_then(|port| {
             ports.ports[channel] = Some(port);
             connection.port_id(name).ok_or_else(|| {
@@ -1466,14 +1473,17 @@ impl RunningBackend for PipeWireSession {
     ) -> Result<[u16; 2], BackendError> {
         let slot = usize::from(slot);
         self.with_state(|_, state, index| {
-            let prefix = match state.nodes[index].as_ref() {
-                Some(meta) if slot < meta.max_tracks => meta.prefix.clone(),
+            let (prefix, existing, base) = match state.nodes[index].as_ref() {
+                Some(meta) if slot < meta.max_tracks => {
+                    let existing = meta.tracks.get(&slot).cloned();
+                    let base = match &existing {
+                        Some(track) => track.base.clone(),
+                        None => unique_base(meta, slot, name),
+                    };
+                    (meta.prefix.clone(), existing, base)
+                }
                 _ => return Err(BackendError::failed(format!("no track slot {slot}"))),
             };
-            let existing = state.nodes[index]
-                .as_ref()
-                .and_then(|meta| meta.tracks.get(&slot))
-                .cloned();
             let (mut port_ids, mut handles) = existing
                 .as_ref()
                 .map(|t| (t.port_ids.clone(), t.handles.clone()))
@@ -1484,7 +1494,7 @@ impl RunningBackend for PipeWireSession {
                     .as_ref()
                     .is_none_or(|t| t.channels != channels || t.port_ids.is_empty());
                 if fresh {
-                    let (ports, ids) = add_track(connection, &prefix, name, channels)?;
+                    let (ports, ids) = add_track(connection, &prefix, &base, channels)?;
                     handles = ports.handles().collect();
                     port_ids = ids;
                     if let Err(rtrb::PushError::Full(GraphCommand::SetTrack {
@@ -1505,7 +1515,7 @@ impl RunningBackend for PipeWireSession {
                 meta.tracks.insert(
                     slot,
                     TrackMeta {
-                        name: name.to_string(),
+                        base,
                         channels,
                         input: input.to_string(),
                         port_ids,
@@ -1530,10 +1540,14 @@ impl RunningBackend for PipeWireSession {
                 return Ok(());
             };
             let prefix = meta.prefix.clone();
+            let base = unique_base(meta, slot, name);
             let Some(track) = meta.tracks.get_mut(&slot) else {
                 return Ok(());
             };
-            track.name = name.to_string();
+            if track.base == base {
+                return Ok(());
+            }
+            track.base = base;
             let Some(connection) = state.connection.as_mut() else {
                 return Ok(());
             };
@@ -1541,7 +1555,7 @@ impl RunningBackend for PipeWireSession {
             // ports, linked like the old ones before they replace them in the process callback
             // (no cycle goes unlinked); the old ones are removed when the callback hands them
             // back.
-            let (ports, ids) = add_track(connection, &prefix, name, track.channels)?;
+            let (ports, ids) = add_track(connection, &prefix, &track.base, track.channels)?;
             if let Err(e) = connection.link_input(&ids, &track.input) {
                 connection.remove_ports(ports.handles().collect::<Vec<_>>());
                 return Err(e);
@@ -1612,9 +1626,9 @@ impl RunningBackend for PipeWireSession {
                 if connection.resolve(&track.input, channels).is_ok() {
                     track.pending = false;
                     if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
-                        tracing::warn!("restoring the input of track {:?}: {e}", track.name);
+                        tracing::warn!("restoring the input of track {:?}: {e}", track.base);
                     } else {
-                        tracing::info!("restored the input of track {:?}", track.name);
+                        tracing::info!("restored the input of track {:?}", track.base);
                     }
                 }
             }

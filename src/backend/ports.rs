@@ -47,6 +47,24 @@ pub(super) fn track_port_names(prefix: &str, base: &str, channels: u8) -> Vec<St
     }
 }
 
+/// The track part of a track's port names: its name's slug (`track` when nothing is left of
+/// it), or, when `taken` says another track of the node has that already (names that differ
+/// only in case or in letters the slug drops), the slug followed by the track's number
+/// (`slot + 1`, then `+ 100` steps until free).
+pub(super) fn unique_base(slot: usize, name: &str, taken: impl Fn(&str) -> bool) -> String {
+    let mut slug = crate::control::validate::slug(name);
+    if slug.is_empty() {
+        slug = "track".into();
+    }
+    let mut base = slug.clone();
+    let mut n = slot + 1;
+    while taken(&base) {
+        base = format!("{slug}-{n}");
+        n += 100;
+    }
+    base
+}
+
 /// Locks a mutex of control-side graph state; a panic elsewhere while it was held leaves the
 /// state usable (every update to it is a whole assignment).
 pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
