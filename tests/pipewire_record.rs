@@ -135,9 +135,12 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
     // without overdub's node: the takes then jump ahead together, and each jump is an xrun; a
     // cycle the feeder missed as well may leave frames that are no tone (at most a period per
     // xrun).
-    let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
-        .as_u64()
-        .unwrap();
+    let metrics = daemon.cli_json(&["metrics", "--json"]);
+    let xruns = metrics["xruns"].as_u64().unwrap();
+    // One quantum in, plus the quantum the processor works in.
+    let latency = metrics["averageLatency"].as_f64().unwrap();
+    let expected = f64::from(2 * PERIOD) * 1000.0 / f64::from(RATE);
+    assert!((latency - expected).abs() < 1e-6, "averageLatency {latency} ms");
     let tracks: Vec<(usize, &[f32])> = CHANNELS
         .iter()
         .zip(&wavs)

@@ -1091,7 +1091,9 @@ impl PipeWireGraph {
     }
 
     /// Rate and quantum of the graph's last cycle (the server's defaults before the first).
-    /// Latencies are not read from PipeWire and are reported as 0.
+    /// Latencies are estimated as one quantum each way (the cycle that carries the samples
+    /// into, or out of, the node), as the ALSA backend does; PipeWire's per-port latency
+    /// parameters are not read.
     pub fn info(&self) -> BackendInfo {
         let state = lock(&self.state);
         let period = match &state.connection {
@@ -1105,8 +1107,8 @@ impl PipeWireGraph {
             name: "pipewire",
             sample_rate: self.sample_rate,
             period,
-            input_latency_frames: 0,
-            output_latency_frames: 0,
+            input_latency_frames: period,
+            output_latency_frames: period,
         }
     }
 
