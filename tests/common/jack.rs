@@ -136,6 +136,10 @@ struct FeederProcess {
     signals: Vec<Signal>,
     frame: Arc<AtomicU64>,
     impulse_at: Arc<AtomicU64>,
+    /// The server's frame time the next cycle should start at.
+    next_cycle: Option<u32>,
+    /// Cycles the server ran without this client (its frame time jumped).
+    missed: Arc<AtomicU64>,
 }
 
 /// Value of an impulse the feeder puts on its first two outputs.
@@ -143,6 +147,11 @@ pub const IMPULSE: f32 = 0.9;
 
 impl jack::ProcessHandler for FeederProcess {
     fn process(&mut self, _: &Client, scope: &ProcessScope) -> Control {
+        let cycle = scope.last_frame_time();
+        if self.next_cycle.is_some_and(|expected| expected != cycle) {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.next_cycle = Some(cycle.wrapping_add(scope.n_frames()));
         let start = self.frame.load(Ordering::Relaxed);
         let impulse = self.impulse_at.load(Ordering::Relaxed);
         for (index, (port, signal)) in self.outs.iter_mut().zip(&self.signals).enumerate() {
@@ -169,6 +178,7 @@ pub struct Feeder {
     _client: jack::AsyncClient<(), FeederProcess>,
     frame: Arc<AtomicU64>,
     impulse_at: Arc<AtomicU64>,
+    missed: Arc<AtomicU64>,
 }
 
 impl Feeder {
@@ -184,18 +194,28 @@ impl Feeder {
             .collect();
         let frame = Arc::new(AtomicU64::new(0));
         let impulse_at = Arc::new(AtomicU64::new(u64::MAX));
+        let missed = Arc::new(AtomicU64::new(0));
         let process = FeederProcess {
             outs,
             signals: signals.to_vec(),
             frame: Arc::clone(&frame),
             impulse_at: Arc::clone(&impulse_at),
+            next_cycle: None,
+            missed: Arc::clone(&missed),
         };
         let client = client.activate_async((), process).unwrap();
         Feeder {
             _client: client,
             frame,
             impulse_at,
+            missed,
         }
+    }
+
+    /// Cycles the server ran without the feeder since it started: each leaves a period of
+    /// its outputs stale and its tones a period behind the graph.
+    pub fn missed_cycles(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
     }
 
     /// Frames the feeder has produced.

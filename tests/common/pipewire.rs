@@ -158,6 +158,7 @@ pub const FEEDER_ENV: &str = "OVERDUB_TEST_PW_FEEDER";
 pub struct PwFeeder {
     child: Child,
     stdin: ChildStdin,
+    stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
 impl PwFeeder {
@@ -186,7 +187,22 @@ impl PwFeeder {
                 server.output("pw-link", &["-o"])
             );
         }
-        PwFeeder { child, stdin }
+        PwFeeder {
+            child,
+            stdin,
+            stdout: lines,
+        }
+    }
+
+    /// Cycles the graph ran without the feeder so far (see [`Feeder::missed_cycles`]).
+    pub fn missed_cycles(&mut self) -> u64 {
+        writeln!(self.stdin, "missed").unwrap();
+        self.stdin.flush().unwrap();
+        let line = self
+            .stdout
+            .find_map(|line| line.ok().filter(|l| l.starts_with("missed ")))
+            .expect("the feeder answers");
+        line["missed ".len()..].parse().unwrap()
     }
 
     /// Asks for an impulse on outputs 1 and 2 a quarter second from now.
@@ -204,8 +220,8 @@ impl Drop for PwFeeder {
 }
 
 /// The body of the feeder process: a [`Feeder`] over the JACK API (PipeWire's libjack under
-/// `pw-jack`) that puts an impulse on outputs 1 and 2 for every `impulse` line on stdin, until
-/// stdin closes. Returns at once when [`FEEDER_ENV`] is not set.
+/// `pw-jack`) that puts an impulse on outputs 1 and 2 for every `impulse` line on stdin and
+/// prints `missed N` (its missed cycles) for every `missed` line, until stdin closes. Returns at once when [`FEEDER_ENV`] is not set.
 pub fn run_feeder_process() {
     let Ok(list) = std::env::var(FEEDER_ENV) else {
         return;
@@ -217,8 +233,12 @@ pub fn run_feeder_process() {
     let feeder = Feeder::start(&signals);
     println!("feeder ready");
     for line in std::io::stdin().lines() {
-        if line.unwrap().trim() == "impulse" {
-            feeder.impulse_in(u64::from(RATE) / 4);
+        match line.unwrap().trim() {
+            "impulse" => {
+                feeder.impulse_in(u64::from(RATE) / 4);
+            }
+            "missed" => println!("missed {}", feeder.missed_cycles()),
+            _ => {}
         }
     }
 }
