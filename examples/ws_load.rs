@@ -77,8 +77,8 @@ async fn main() -> Result<(), Error> {
         .await?;
     let ws = websocket_phase(&args, &session, &proc).await?;
     let ws_rss_max = ws["rssMaxKiB"].as_u64().unwrap_or(0);
-    let http = http_phase(&args, &session, None).await?;
-    let paced = http_phase(&args, &session, Some(args.paced_rate)).await?;
+    let http = http_phase(&args, &session, None, &proc).await?;
+    let paced = http_phase(&args, &session, Some(args.paced_rate), &proc).await?;
 
     let mut stop = HttpConn::connect(args.addr).await?;
     let (status, _) = stop
@@ -243,7 +243,12 @@ async fn ws_client(
 /// back to back (closed loop: each connection sends when answered, so the latency is bound by
 /// the throughput), or `paced` at that many requests per second in all (open loop: each
 /// connection keeps its schedule, and a late answer counts from when the request was due).
-async fn http_phase(args: &Args, session: &str, paced: Option<f64>) -> Result<Value, Error> {
+async fn http_phase(
+    args: &Args,
+    session: &str,
+    paced: Option<f64>,
+    proc: &Proc,
+) -> Result<Value, Error> {
     let interval =
         paced.map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate.max(1.0)));
     let path: Arc<str> = format!("/api/v1/multitrack/session/{session}").into();
@@ -293,11 +298,19 @@ async fn http_phase(args: &Args, session: &str, paced: Option<f64>) -> Result<Va
     }
     ready.wait().await;
     let started = Instant::now();
+    let client = Proc::new(std::process::id())?;
+    let ticks_before = proc.cpu_ticks()?;
+    let client_ticks_before = client.cpu_ticks()?;
     let mut latencies = Vec::with_capacity(args.requests);
     for worker in workers {
         latencies.extend(worker.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let daemon_seconds = (proc.cpu_ticks()? - ticks_before) as f64 / proc.ticks_per_second;
+    let client_seconds =
+        (client.cpu_ticks()? - client_ticks_before) as f64 / client.ticks_per_second;
+    let count = latencies.len().max(1) as f64;
+    let per_request = |seconds: f64| round2(1e6 * seconds / count);
     latencies.sort();
     let ms = |q: f64| {
         let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -309,6 +322,13 @@ async fn http_phase(args: &Args, session: &str, paced: Option<f64>) -> Result<Va
         "pacedRate": paced,
         "requests": latencies.len(),
         "requestsPerSecond": round2(latencies.len() as f64 / elapsed),
+        // The daemon's CPU while the requests ran (all its threads, the recording included),
+        // per request: robust where latency depends on what else the machine runs.
+        "daemonCpuPercent": round2(100.0 * daemon_seconds / elapsed),
+        "daemonCpuMicrosPerRequest": per_request(daemon_seconds),
+        // The load client's own CPU per request: on a shared machine it competes with the
+        // daemon, and back to back the two together bound the throughput.
+        "clientCpuMicrosPerRequest": per_request(client_seconds),
         "latencyMs": {"p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "max": ms(1.0)},
     }))
 }

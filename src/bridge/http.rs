@@ -28,8 +28,10 @@ use crate::control::{ControlError, ErrorCode};
 /// unknown routes and wrong methods.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .nest("/api/v1/multitrack", multitrack::routes())
-        .nest("/api/v1/ai/multitrack", multitrack::routes())
+        .merge(multitrack::routes(&[
+            "/api/v1/multitrack",
+            "/api/v1/ai/multitrack",
+        ]))
         .merge(audiolab::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)

@@ -153,12 +153,11 @@ pub async fn serve(
             tracing::warn!("cannot set up an accepted connection: {e}");
         }
     });
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    // No `ConnectInfo`: no handler needs the peer's address, and it costs every request an
+    // extension map.
+    axum::serve(listener, router(state).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Bounds an accepted connection's kernel send buffer to [`SEND_BUFFER_BYTES`] and sets

@@ -70,7 +70,7 @@ async fn upgrade_bound(
     Path(session_id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(error) = state.control.transport(&session_id).await {
+    if let Err(error) = state.control.transport(&session_id) {
         return ApiError(error).into_response();
     }
     accept(state, ws, Some(session_id))
@@ -351,7 +351,7 @@ impl Connection<'_> {
             match frame.remove("sessionId") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(id)) => {
-                    self.state.control.transport(&id).await?;
+                    self.state.control.transport(&id)?;
                     next.session = Some(id);
                 }
                 Some(_) => {

@@ -8,6 +8,7 @@ mod error;
 mod session;
 mod stream;
 pub mod validate;
+mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ use session::ActiveSession;
 pub use stream::{
     MonitorSource, StreamHandle, TapHandle, STREAM_PREBUFFER_MS, STREAM_RING_SECONDS, TAP_RING_MS,
 };
+use view::Publications;
+pub use view::{LiveSession, SessionView};
 
 use crate::backend::{DeviceInfo, Graph};
 use crate::capture::repair_wav;
@@ -251,6 +254,8 @@ struct Inner {
     store: Store,
     events: broadcast::Sender<Event>,
     sessions: Mutex<BTreeMap<String, SessionCell>>,
+    /// What each active session last published, for readers that must not take its lock.
+    publications: Arc<Publications>,
     /// The audio graph every session runs on (chosen at start from `audio.backend`).
     graph: Graph,
     environment: String,
@@ -283,6 +288,7 @@ impl Control {
                 store,
                 events,
                 sessions: Mutex::new(BTreeMap::new()),
+                publications: Arc::new(Publications::default()),
                 graph,
                 environment: detect_environment(),
                 closing: std::sync::atomic::AtomicBool::new(false),
@@ -323,6 +329,12 @@ impl Control {
             buffer_size: self.inner.graph.period(),
             environment: self.inner.environment.clone(),
         }
+    }
+
+    /// Frames per period of the audio graph (`info().buffer_size`, without building the rest
+    /// of [`DaemonInfo`]).
+    pub fn buffer_size(&self) -> u32 {
+        self.inner.graph.period()
     }
 
     /// The devices of the audio graph.
@@ -417,6 +429,7 @@ impl Control {
             .await
             .remove(id)
             .ok_or_else(|| not_found_session(id))?;
+        self.inner.publications.remove(id);
         let session = cell.lock().await.take();
         let stopped = match session {
             Some(session) => session.shut_down().await,
@@ -531,26 +544,45 @@ impl Control {
             .await
     }
 
-    /// Transport state and position of an active session, without applying pending reports
-    /// (the pump applies them every 20 ms): cheap enough for the bridge's position pushes.
-    pub async fn transport(&self, id: &str) -> ControlResult<(TransportState, u64)> {
-        self.with_session(id, |s| Box::pin(async move { Ok((s.state, s.position())) }))
-            .await
+    /// An active session as last published by its owner, with the live position: neither
+    /// takes the session's lock nor waits on anything, so a read path (the bridge's `GET
+    /// /session/:id`) costs a map lookup and two `Arc` clones. The state and the tracks
+    /// reflect every operation that has returned; a change the engine makes on its own shows
+    /// within one pump interval (20 ms). See [`SessionView`].
+    pub fn live_session(&self, id: &str) -> ControlResult<LiveSession> {
+        self.inner
+            .publications
+            .get(id)
+            .map(|publication| publication.live())
+            .ok_or_else(|| not_active(id))
+    }
+
+    /// Transport state and position of an active session, from its published view (see
+    /// [`Control::live_session`]): cheap enough for the bridge's position pushes.
+    pub fn transport(&self, id: &str) -> ControlResult<(TransportState, u64)> {
+        let live = self.live_session(id)?;
+        Ok((live.view.state, live.position))
     }
 
     /// Peak and RMS in dBFS per track, each with its track index, for surfaces that name
-    /// tracks (the WebSocket `meters` push).
-    pub async fn track_meters(&self, id: &str) -> ControlResult<Vec<(u32, f64, f64)>> {
-        self.with_session(id, |s| {
-            Box::pin(async move {
-                let indices = s.tracks.keys().copied();
-                Ok(indices
-                    .zip(s.meters())
-                    .map(|(index, (peak, rms))| (index, peak, rms))
-                    .collect())
+    /// tracks (the WebSocket `meters` push). Reads the published track list and the engine's
+    /// meters, without the session's lock.
+    pub fn track_meters(&self, id: &str) -> ControlResult<Vec<(u32, f64, f64)>> {
+        let publication = self
+            .inner
+            .publications
+            .get(id)
+            .ok_or_else(|| not_active(id))?;
+        let view = publication.view();
+        Ok(view
+            .tracks
+            .iter()
+            .map(|track| {
+                let slot = usize::try_from(track.index.saturating_sub(1)).unwrap_or(usize::MAX);
+                let (peak, rms) = publication.track_meter(slot);
+                (track.index, session::to_dbfs(peak), session::to_dbfs(rms))
             })
-        })
-        .await
+            .collect())
     }
 
     /// Feeds track `track` (1-based) of an active session from outside instead of its input:
@@ -778,6 +810,7 @@ impl Control {
             std::mem::take(&mut *self.inner.sessions.lock().await)
                 .into_iter()
                 .collect();
+        self.inner.publications.clear();
         for (id, cell) in cells {
             let session = cell.lock().await.take();
             if let Some(session) = session {
@@ -840,6 +873,9 @@ impl Control {
             self.inner.store.clone(),
             self.inner.events.clone(),
         )?;
+        self.inner
+            .publications
+            .insert(id, session.publication().clone());
         let cell: SessionCell = Arc::new(Mutex::new(Some(session)));
         sessions.insert(id.to_string(), cell.clone());
         drop(sessions);
@@ -869,7 +905,10 @@ impl Control {
             .ok_or_else(|| not_active(id))?;
         let mut guard = cell.lock().await;
         let session = guard.as_mut().ok_or_else(|| not_active(id))?;
-        op(session).await
+        let result = op(session).await;
+        // Also after a failed operation: it may have drained reports or changed a track.
+        session.publish();
+        result
     }
 
     /// Marks every take left `recording` by a crash as `recovered`: repairs its file from its
@@ -1036,6 +1075,7 @@ fn spawn_pump(cell: std::sync::Weak<Mutex<Option<ActiveSession>>>) {
                 Some(session) => {
                     session.drain().await;
                     session.service_backend().await;
+                    session.publish();
                 }
                 None => return,
             }

@@ -25,6 +25,7 @@ use crate::store::{
 };
 
 use super::error::{ControlError, ControlResult};
+use super::view::Publication;
 use super::{Event, Metrics, TrackField};
 
 /// How long an operation waits for the audio thread to apply a command.
@@ -92,6 +93,8 @@ pub(super) struct ActiveSession {
     resume_on_return: bool,
     /// Inbound streams and taps attached through handles.
     pub(super) audio: super::stream::AudioLinks,
+    /// What read paths see of this session without its lock ([`Self::publish`]).
+    publication: Arc<Publication>,
 }
 
 impl ActiveSession {
@@ -138,6 +141,12 @@ impl ActiveSession {
             .start(&row.name, sample_rate, max_tracks as usize, processor)
             .map_err(backend_error)?;
         let info = backend.info();
+        let publication = Arc::new(Publication::new(
+            &row,
+            TransportState::Stopped,
+            Vec::new(),
+            shared.clone(),
+        ));
         let mut session = ActiveSession {
             row,
             tracks: BTreeMap::new(),
@@ -162,11 +171,13 @@ impl ActiveSession {
             xruns_seen: 0,
             resume_on_return: false,
             audio: super::stream::AudioLinks::new(),
+            publication,
         };
         for track in tracks {
             let next = next_takes.get(&track.index).copied().unwrap_or(1);
             session.install_track(track, next)?;
         }
+        session.publish();
         if let Some(backend) = session.backend.as_mut() {
             backend.restore_outputs(saved_outputs);
         }
@@ -176,6 +187,19 @@ impl ActiveSession {
     /// The session id.
     pub fn id(&self) -> &str {
         &self.row.id
+    }
+
+    /// This session's publication, for the registry of [`super::Control`].
+    pub fn publication(&self) -> &Arc<Publication> {
+        &self.publication
+    }
+
+    /// Publishes the session's view (row, transport state, tracks) for lock-free readers if it
+    /// changed since the last call (see [`super::view`]). Cheap when nothing changed: it
+    /// compares, it does not allocate.
+    pub fn publish(&self) {
+        self.publication
+            .update(&self.row, self.state, self.tracks.values().map(|t| &t.row));
     }
 
     /// Current position in frames.
@@ -768,6 +792,8 @@ impl ActiveSession {
                 EngineToControl::TakeEnded { .. } => {}
             }
         }
+        // Readers see a new transport state before the writer's reports are journaled.
+        self.publish();
         while let Ok(event) = self.writer_events.try_recv() {
             self.apply_writer_event(event).await;
         }
@@ -1216,7 +1242,8 @@ fn backend_error(error: BackendError) -> ControlError {
     }
 }
 
-fn to_dbfs(linear: f32) -> f64 {
+/// Linear amplitude in dBFS, floored at −120.
+pub(super) fn to_dbfs(linear: f32) -> f64 {
     if linear <= 1e-6 {
         -120.0
     } else {

@@ -231,7 +231,7 @@ pub async fn run(
         }
         "get_meters" => {
             let id = session(parse::<Target>(command, data)?.session_id)?;
-            let meters = control.track_meters(&id).await?;
+            let meters = control.track_meters(&id)?;
             Ok(json!({ "sessionId": id, "tracks": wire::meters_list(&meters) }))
         }
         "get_track" => {

@@ -4,9 +4,14 @@
 //! keep one message per topic and session (a newer one replaces it), and the count of lost
 //! events is handed to the writer, which tells the client.
 //!
+//! Latest values live in slots, one per topic and session, that outlast a [`Outbox::take`]:
+//! a steady push (every tick of a rolling session) refills its slot without allocating a key.
+//! A slot that was not refilled between two takes is dropped, so the slots are bounded by
+//! what the client currently receives.
+//!
 //! Not real-time: runs on tokio. The lock is held only to move a few values in or out.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -23,9 +28,17 @@ pub struct Outbox {
 #[derive(Default)]
 struct Pending {
     events: VecDeque<String>,
-    latest: BTreeMap<(Topic, String), String>,
+    latest: Vec<Latest>,
     dropped: u64,
     total_dropped: u64,
+}
+
+/// The newest unsent value of one latest-value topic of one session.
+struct Latest {
+    topic: Topic,
+    session: String,
+    /// `None` once taken.
+    text: Option<String>,
 }
 
 impl Outbox {
@@ -63,11 +76,17 @@ impl Outbox {
     /// Sets the newest value of a latest-value topic for `session`, replacing an unsent one.
     pub fn set_latest(&self, topic: Topic, session: &str, text: String) {
         let mut pending = self.lock();
-        match pending.latest.get_mut(&(topic, session.to_string())) {
-            Some(slot) => *slot = text,
-            None => {
-                pending.latest.insert((topic, session.to_string()), text);
-            }
+        let slot = pending
+            .latest
+            .iter_mut()
+            .find(|slot| slot.topic == topic && slot.session == session);
+        match slot {
+            Some(slot) => slot.text = Some(text),
+            None => pending.latest.push(Latest {
+                topic,
+                session: session.to_string(),
+                text: Some(text),
+            }),
         }
         drop(pending);
         self.ready.notify_one();
@@ -79,7 +98,8 @@ impl Outbox {
     }
 
     /// Takes everything queued, in sending order: the lost-events notice (if any events were
-    /// lost since the last call), the events, then the latest values.
+    /// lost since the last call), the events, then the latest values (in the order their
+    /// topic and session first came). Slots with nothing new since the last call are dropped.
     pub fn take(&self) -> Vec<String> {
         let mut pending = self.lock();
         let mut out = Vec::with_capacity(pending.events.len() + pending.latest.len() + 1);
@@ -88,7 +108,13 @@ impl Outbox {
             pending.dropped = 0;
         }
         out.extend(pending.events.drain(..));
-        out.extend(std::mem::take(&mut pending.latest).into_values());
+        pending.latest.retain(|slot| slot.text.is_some());
+        out.extend(
+            pending
+                .latest
+                .iter_mut()
+                .filter_map(|slot| slot.text.take()),
+        );
         out
     }
 
@@ -129,9 +155,17 @@ mod tests {
             outbox.set_latest(Topic::Meters, "a", format!("ma{i}"));
         }
         outbox.set_latest(Topic::Position, "b", "pb".into());
-        let mut out = outbox.take();
-        out.sort();
-        assert_eq!(out, ["ma999", "pa999", "pb"]);
+        assert_eq!(outbox.take(), ["pa999", "ma999", "pb"]);
         assert!(outbox.take().is_empty());
+        // The empty slots went with that take; new values start new ones.
+        outbox.set_latest(Topic::Meters, "b", "mb".into());
+        outbox.set_latest(Topic::Position, "a", "pa".into());
+        assert_eq!(outbox.take(), ["mb", "pa"]);
+        assert_eq!(outbox.lock().latest.len(), 2);
+        outbox.set_latest(Topic::Position, "a", "pa2".into());
+        assert_eq!(outbox.take(), ["pa2"]);
+        assert_eq!(outbox.lock().latest.len(), 1);
+        assert!(outbox.take().is_empty());
+        assert!(outbox.lock().latest.is_empty());
     }
 }

@@ -91,34 +91,43 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = position_tick.tick(), if wants_position => {
-                for id in sessions(&control, &current, bound.as_deref()).await {
-                    if let Ok((state, frame)) = control.transport(&id).await {
-                        if matches!(state, TransportState::Playing | TransportState::Recording) {
-                            outbox.set_latest(
-                                Topic::Position,
-                                &id,
-                                wire::position_push(&id, state, frame, rate),
-                            );
-                        }
-                    }
+                match current.session.as_deref().or(bound.as_deref()) {
+                    Some(id) => push_position(&control, &outbox, id, rate),
+                    None => for id in control.active_sessions().await {
+                        push_position(&control, &outbox, &id, rate);
+                    },
                 }
             }
             _ = meter_tick.tick(), if wants_meters => {
-                for id in sessions(&control, &current, bound.as_deref()).await {
-                    if let Ok(meters) = control.track_meters(&id).await {
-                        outbox.set_latest(Topic::Meters, &id, wire::meters_push(&id, &meters));
-                    }
+                match current.session.as_deref().or(bound.as_deref()) {
+                    Some(id) => push_meters(&control, &outbox, id),
+                    None => for id in control.active_sessions().await {
+                        push_meters(&control, &outbox, &id);
+                    },
                 }
             }
         }
     }
 }
 
-/// The sessions whose positions and meters this client gets.
-async fn sessions(control: &Control, sub: &Subscription, bound: Option<&str>) -> Vec<String> {
-    match sub.session.as_deref().or(bound) {
-        Some(id) => vec![id.to_string()],
-        None => control.active_sessions().await,
+/// Queues session `id`'s position while it rolls. Reads the session's published view
+/// ([`Control::transport`]): no lock of the session, no wait.
+fn push_position(control: &Control, outbox: &Outbox, id: &str, rate: u32) {
+    if let Ok((state, frame)) = control.transport(id) {
+        if matches!(state, TransportState::Playing | TransportState::Recording) {
+            outbox.set_latest(
+                Topic::Position,
+                id,
+                wire::position_push(id, state, frame, rate),
+            );
+        }
+    }
+}
+
+/// Queues session `id`'s meters ([`Control::track_meters`]: no lock of the session either).
+fn push_meters(control: &Control, outbox: &Outbox, id: &str) {
+    if let Ok(meters) = control.track_meters(id) {
+        outbox.set_latest(Topic::Meters, id, wire::meters_push(id, &meters));
     }
 }
 

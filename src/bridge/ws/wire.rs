@@ -1,6 +1,7 @@
 //! The JSON shapes of the WebSocket protocol (docs/protocol.md): sessions, tracks, pushes and
 //! error frames, camelCase like the multitrack-recorder API. Pure functions, no I/O.
 
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
 use crate::control::{ControlError, DaemonInfo, Event, StoredSession, TrackField};
@@ -52,6 +53,7 @@ impl Topic {
     }
 }
 
+use crate::bridge::shapes::TrackId;
 pub use crate::bridge::shapes::{parse_track_id, seconds, session, track, track_id};
 
 /// A stored session in `list_sessions`.
@@ -105,21 +107,69 @@ pub fn error(id: &Value, error: &ControlError) -> String {
     .to_string()
 }
 
-/// The `position` push.
+/// The `position` push: `{"position","positionSeconds","sessionId","state","type"}`.
+///
+/// This and [`meters_push`] run for every client on every tick, so they serialize typed
+/// structs straight into the text, with no `Value` tree in between (same bytes: fields in the
+/// alphabetical order `Value` objects have).
 pub fn position_push(session: &str, state: TransportState, frame: u64, rate: u32) -> String {
-    let mut value = transport(session, state, frame, rate);
-    value["type"] = json!("position");
-    value.to_string()
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct PositionPush<'a> {
+        position: u64,
+        position_seconds: f64,
+        session_id: &'a str,
+        state: &'static str,
+        r#type: &'static str,
+    }
+    text(&PositionPush {
+        position: frame,
+        position_seconds: seconds(frame, rate),
+        session_id: session,
+        state: state.as_str(),
+        r#type: "position",
+    })
 }
 
-/// The `meters` push: peak and RMS in dBFS (−120 for silence) per track.
+/// The `meters` push: peak and RMS in dBFS (−120 for silence) per track:
+/// `{"sessionId","tracks":[{"peak","rms","trackId"}],"type":"meters"}`.
 pub fn meters_push(session: &str, meters: &[(u32, f64, f64)]) -> String {
-    json!({
-        "type": "meters",
-        "sessionId": session,
-        "tracks": meters_list(meters),
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct MetersPush<'a> {
+        session_id: &'a str,
+        #[serde(serialize_with = "meter_list")]
+        tracks: &'a [(u32, f64, f64)],
+        r#type: &'static str,
+    }
+    fn meter_list<S: Serializer>(
+        meters: &&[(u32, f64, f64)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct TrackMeter {
+            peak: f64,
+            rms: f64,
+            track_id: TrackId,
+        }
+        serializer.collect_seq(meters.iter().map(|&(index, peak, rms)| TrackMeter {
+            peak,
+            rms,
+            track_id: TrackId(index),
+        }))
+    }
+    text(&MetersPush {
+        session_id: session,
+        tracks: meters,
+        r#type: "meters",
     })
-    .to_string()
+}
+
+/// A push as text. Serializing plain fields with string keys cannot fail; if it ever did,
+/// the client would get an empty frame rather than the daemon a panic.
+fn text(push: &impl Serialize) -> String {
+    serde_json::to_string(push).unwrap_or_default()
 }
 
 /// `[{"trackId","peak","rms"}]`.
@@ -322,6 +372,23 @@ mod tests {
         assert_eq!(value["id"], "7");
         assert_eq!(value["code"], ErrorCode::NotFound.as_str());
         assert_eq!(value["message"], "no track 9");
+    }
+
+    #[test]
+    fn typed_pushes_serialize_to_the_same_bytes_as_the_values_they_replace() {
+        let mut position = transport("abc", TransportState::Recording, 36_000, 48_000);
+        position["type"] = json!("position");
+        assert_eq!(
+            position_push("abc", TransportState::Recording, 36_000, 48_000),
+            position.to_string()
+        );
+        let meters = [(1, -6.5, -9.25), (3, -120.0, -120.0)];
+        let value = json!({"type": "meters", "sessionId": "a\"b", "tracks": meters_list(&meters)});
+        assert_eq!(meters_push("a\"b", &meters), value.to_string());
+        assert_eq!(
+            meters_push("s", &[]),
+            r#"{"sessionId":"s","tracks":[],"type":"meters"}"#
+        );
     }
 
     #[test]
