@@ -60,7 +60,7 @@ impl Setup {
             .is_ok());
         let mut inputs = PlanarInputs::new(FIRST_INPUT + tracks, frames);
         inputs.set_frames(frames);
-        ToneGenerator::new(FIRST_INPUT + tracks, SAMPLE_RATE).fill(0, &mut inputs);
+        ToneGenerator::new(FIRST_INPUT + tracks, SAMPLE_RATE, frames).fill(0, &mut inputs);
         let mut setup = Setup {
             processor,
             handle,

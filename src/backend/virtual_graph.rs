@@ -13,7 +13,7 @@ use super::{
     resolve_input, BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs,
     RunningBackend, TransportRequest,
 };
-use crate::engine::{ProcessContext, Processor};
+use crate::engine::{AudioInputs, ProcessContext, Processor};
 
 /// Amplitude of every virtual tone (−12 dBFS).
 pub const TONE_AMPLITUDE: f32 = 0.25;
@@ -68,36 +68,57 @@ pub fn tone_sample(channel: usize, frame: u64, sample_rate: u32) -> f32 {
     (f64::from(TONE_AMPLITUDE) * angle.sin()) as f32
 }
 
-/// Generates the virtual tones by copying: each tone repeats exactly every
-/// `rate / gcd(rate, f)` frames, so one period of every channel is computed once with
-/// [`tone_sample`] and each period of audio is copied out of it (identical to `tone_sample`,
-/// and far cheaper per sample than evaluating or rotating a phasor).
+/// Every virtual channel's tone, precomputed, served in place: each table holds one full
+/// period of its tone followed by its first `max_frames` samples again, so a run of up to
+/// `max_frames` frames from any phase is one contiguous slice and a period's inputs cost no
+/// copying (channels no track reads cost nothing).
 pub struct ToneGenerator {
-    /// One full period of each channel's tone.
     tables: Box<[Box<[f32]>]>,
+    /// Each channel's tone period in frames (the table length before the repeated head).
+    periods: Box<[usize]>,
+    max_frames: usize,
 }
 
 impl ToneGenerator {
-    /// Precomputes one period of `channels` tones (at most `sample_rate` samples each; 2 400 at
-    /// 48 kHz). **Not** real-time safe (allocates).
-    pub fn new(channels: usize, sample_rate: u32) -> Self {
+    /// Precomputes `channels` tones (one period each, at most `sample_rate` samples; 2 400 at
+    /// 48 kHz) for runs of up to `max_frames` frames. **Not** real-time safe (allocates).
+    pub fn new(channels: usize, sample_rate: u32, max_frames: usize) -> Self {
         let rate = sample_rate.max(1);
-        let tables = (0..channels)
-            .map(|channel| {
-                let period = rate / gcd(rate, tone_frequency(channel));
-                (0..u64::from(period))
-                    .map(|frame| tone_sample(channel, frame, rate))
+        let periods: Box<[usize]> = (0..channels)
+            .map(|channel| (rate / gcd(rate, tone_frequency(channel))) as usize)
+            .collect();
+        let tables = periods
+            .iter()
+            .enumerate()
+            .map(|(channel, &period)| {
+                (0..period + max_frames)
+                    .map(|frame| tone_sample(channel, (frame % period) as u64, rate))
                     .collect()
             })
             .collect();
-        ToneGenerator { tables }
+        ToneGenerator {
+            tables,
+            periods,
+            max_frames,
+        }
     }
 
-    /// Writes every channel's tone for the period starting at backend frame `frame` into
-    /// `inputs` (`inputs.frames()` frames). Real-time safe.
+    /// The inputs of the run of `frames` frames (at most `max_frames`) starting at backend
+    /// frame `frame`. Real-time safe.
+    pub fn inputs(&self, frame: u64, frames: usize) -> ToneInputs<'_> {
+        ToneInputs {
+            tones: self,
+            frame,
+            frames: frames.min(self.max_frames),
+        }
+    }
+
+    /// Copies every channel's tone for the run starting at backend frame `frame` into
+    /// `inputs` (`inputs.frames()` frames, any number). Real-time safe.
     pub fn fill(&self, frame: u64, inputs: &mut PlanarInputs) {
-        for (channel, table) in self.tables.iter().enumerate() {
-            let mut at = (frame % table.len() as u64) as usize;
+        for (channel, &period) in self.periods.iter().enumerate() {
+            let table = &self.tables[channel][..period];
+            let mut at = (frame % period as u64) as usize;
             let mut out = inputs.channel_mut(channel);
             while !out.is_empty() {
                 let run = out.len().min(table.len() - at);
@@ -107,6 +128,30 @@ impl ToneGenerator {
                 at = 0;
             }
         }
+    }
+}
+
+/// One run of the virtual tones as the processor's inputs, read straight from the tables.
+/// Real-time safe.
+pub struct ToneInputs<'a> {
+    tones: &'a ToneGenerator,
+    frame: u64,
+    frames: usize,
+}
+
+impl AudioInputs for ToneInputs<'_> {
+    fn channel_count(&self) -> usize {
+        self.tones.tables.len()
+    }
+
+    fn channel(&self, index: usize) -> &[f32] {
+        let (Some(table), Some(&period)) =
+            (self.tones.tables.get(index), self.tones.periods.get(index))
+        else {
+            return &[];
+        };
+        let at = (self.frame % period.max(1) as u64) as usize;
+        table.get(at..at + self.frames).unwrap_or(&[])
     }
 }
 
@@ -310,9 +355,9 @@ fn run(config: VirtualConfig, mut processor: Processor, stop: &AtomicBool) -> Pr
     let period_ns =
         u64::try_from(u128::from(config.period) * 1_000_000_000 / rate).unwrap_or(u64::MAX);
     let channels = input_channels(&config);
-    let mut inputs = PlanarInputs::new(channels, period);
-    inputs.set_frames(period);
-    let tones = ToneGenerator::new(channels, config.sample_rate);
+    let mut silence = PlanarInputs::new(channels, period);
+    silence.set_frames(period);
+    let tones = ToneGenerator::new(channels, config.sample_rate, period);
     let mut left = vec![0.0f32; period];
     let mut right = vec![0.0f32; period];
 
@@ -332,12 +377,13 @@ fn run(config: VirtualConfig, mut processor: Processor, stop: &AtomicBool) -> Pr
                 base = now;
                 cycles = 0;
             }
-            if config.signal == VirtualSignal::Tones {
-                tones.fill(frame, &mut inputs);
-            }
+            let tone_inputs = tones.inputs(frame, period);
             processor.process(&mut ProcessContext {
                 frames: period,
-                inputs: &inputs,
+                inputs: match config.signal {
+                    VirtualSignal::Tones => &tone_inputs,
+                    VirtualSignal::Silence => &silence,
+                },
                 master_left: &mut left,
                 master_right: &mut right,
                 track_outputs: None,
@@ -359,22 +405,31 @@ mod tests {
     #[test]
     fn generator_matches_the_reference_within_1e_6() {
         let rate = 48_000;
-        let tones = ToneGenerator::new(8, rate);
+        let tones = ToneGenerator::new(8, rate, 4096);
         let mut inputs = PlanarInputs::new(8, 4096);
         inputs.set_frames(4096);
-        // A huge start frame checks the exact integer phase.
-        for start in [0u64, 4096, 123_456_789_000] {
-            tones.fill(start, &mut inputs);
-            for channel in 0..8 {
-                for (k, &sample) in inputs.channel_mut(channel).iter().enumerate() {
-                    let expected = tone_sample(channel, start + k as u64, rate);
-                    assert!(
-                        (sample - expected).abs() <= 1e-6,
-                        "channel {channel} frame {}: {sample} vs {expected}",
-                        start + k as u64
-                    );
-                }
+        let check = |channel: usize, start: u64, samples: &[f32]| {
+            for (k, &sample) in samples.iter().enumerate() {
+                let expected = tone_sample(channel, start + k as u64, rate);
+                assert!(
+                    (sample - expected).abs() <= 1e-6,
+                    "channel {channel} frame {}: {sample} vs {expected}",
+                    start + k as u64
+                );
             }
+        };
+        // A huge start frame checks the exact integer phase; 2 399 ends one period short.
+        for start in [0u64, 2_399, 4096, 123_456_789_000] {
+            tones.fill(start, &mut inputs);
+            let view = tones.inputs(start, 4096);
+            assert_eq!(view.channel_count(), 8);
+            for channel in 0..8 {
+                check(channel, start, inputs.channel_mut(channel));
+                let served = view.channel(channel);
+                assert_eq!(served.len(), 4096, "a whole run in place");
+                check(channel, start, served);
+            }
+            assert!(view.channel(8).is_empty());
         }
     }
 

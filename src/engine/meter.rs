@@ -21,6 +21,9 @@ pub(crate) struct BlockLevel {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Meter {
     mean_square: f64,
+    /// The last block length, its log retention and the retention computed for them: blocks
+    /// are almost always one period long, so `exp` runs once, not once per block.
+    retention: (usize, f64, f64),
 }
 
 /// Independent accumulators per pass, so the compiler can keep them in vector registers.
@@ -68,7 +71,14 @@ impl Meter {
         if count == 0 || !sum_of_squares.is_finite() {
             return;
         }
-        let retention = (log_retention * count as f64).exp();
+        let (cached_count, cached_log, cached) = self.retention;
+        let retention = if cached_count == count && cached_log == log_retention {
+            cached
+        } else {
+            let retention = (log_retention * count as f64).exp();
+            self.retention = (count, log_retention, retention);
+            retention
+        };
         let block = sum_of_squares / count as f64;
         self.mean_square = block + retention * (self.mean_square - block);
     }
