@@ -32,7 +32,7 @@ use super::wav::WavWriter;
 use super::{bytes_per_second, SampleFormat};
 
 /// Time between two passes of the writer thread when no message wakes it.
-pub const PASS_INTERVAL: Duration = Duration::from_millis(20);
+pub const PASS_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Default time between two syncs of every open take (config `capture.flush_interval`).
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);

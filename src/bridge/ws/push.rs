@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{broadcast, watch};
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
@@ -91,20 +92,43 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = position_tick.tick(), if wants_position => {
-                match current.session.as_deref().or(bound.as_deref()) {
-                    Some(id) => push_position(&control, &outbox, id, rate),
-                    None => for id in control.active_sessions().await {
-                        push_position(&control, &outbox, &id, rate);
-                    },
-                }
+                // Meters due at the same instant go in the same wake, so the writer sends
+                // both in one write.
+                let meters = wants_meters && meter_tick.tick().now_or_never().is_some();
+                push_ticks(&control, &outbox, &current, bound.as_deref(), rate, true, meters).await;
             }
             _ = meter_tick.tick(), if wants_meters => {
-                match current.session.as_deref().or(bound.as_deref()) {
-                    Some(id) => push_meters(&control, &outbox, id),
-                    None => for id in control.active_sessions().await {
-                        push_meters(&control, &outbox, &id);
-                    },
-                }
+                let position = wants_position && position_tick.tick().now_or_never().is_some();
+                push_ticks(&control, &outbox, &current, bound.as_deref(), rate, position, true).await;
+            }
+        }
+    }
+}
+
+/// Queues the position and/or meters of the subscription's session (the connection's bound
+/// session, else every active session).
+async fn push_ticks(
+    control: &Control,
+    outbox: &Outbox,
+    subscription: &Subscription,
+    bound: Option<&str>,
+    rate: u32,
+    position: bool,
+    meters: bool,
+) {
+    let push = |id: &str| {
+        if position {
+            push_position(control, outbox, id, rate);
+        }
+        if meters {
+            push_meters(control, outbox, id);
+        }
+    };
+    match subscription.session.as_deref().or(bound) {
+        Some(id) => push(id),
+        None => {
+            for id in control.active_sessions().await {
+                push(&id);
             }
         }
     }
