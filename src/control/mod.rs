@@ -781,9 +781,10 @@ impl Control {
             || config.virtual_graph != old.virtual_graph
             || config.capture.format != old.capture.format
             || config.capture.ring_seconds != old.capture.ring_seconds
+            || config.capture.sync != old.capture.sync
             || config.daemon.data_dir != old.daemon.data_dir
         {
-            tracing::warn!("config reloaded; audio, engine, format, ring and data-dir changes take effect at restart");
+            tracing::warn!("config reloaded; audio, engine, format, ring, sync and data-dir changes take effect at restart");
         }
         let mut kept = old;
         kept.capture.flush_interval = config.capture.flush_interval;
