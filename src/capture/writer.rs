@@ -524,8 +524,6 @@ struct Writer {
     /// prepared take): retried once, after the next round of messages.
     held: Option<CaptureMarker>,
     scratch: Vec<f32>,
-    /// Filesystems synced by this flush (see [`SyncScope::Filesystem`]).
-    synced_devices: Vec<u64>,
     last_flush: Instant,
     /// A DiskLow episode is under way (reported once).
     disk_low: bool,
@@ -546,7 +544,6 @@ impl Writer {
             tracks: BTreeMap::new(),
             held: None,
             scratch: Vec::with_capacity(CHUNK_FRAMES * 2),
-            synced_devices: Vec::new(),
             last_flush: Instant::now(),
             disk_low: false,
         }
@@ -807,12 +804,12 @@ impl Writer {
         true
     }
 
-    /// Syncs every open take and checks the free space against their data rate.
     /// Stages every open take (appends its buffer, rewrites its header), then syncs each
-    /// filesystem holding one, noting in `synced_devices` those whose sync succeeded. A take
+    /// filesystem holding one; returns the filesystems (`st_dev`) whose sync succeeded. A take
     /// on a filesystem whose sync failed is synced on its own by `flush`, which finds out
     /// which file the error belongs to.
-    fn sync_filesystems(&mut self) {
+    fn sync_filesystems(&mut self) -> Vec<u64> {
+        let mut synced = Vec::new();
         // (device, a track with an open take on it)
         let mut devices: Vec<(u64, u16)> = Vec::new();
         for (&id, track) in &mut self.tracks {
@@ -836,22 +833,25 @@ impl Writer {
                 continue;
             };
             match wav.sync_filesystem() {
-                Ok(()) => self.synced_devices.push(device),
+                Ok(()) => synced.push(device),
                 Err(error) => {
                     tracing::warn!(%error, "syncing the takes' filesystem failed; syncing each take")
                 }
             }
         }
+        synced
     }
 
+    /// Syncs every open take and checks the free space against their data rate.
     fn flush(&mut self) {
-        if self.config.sync == SyncScope::Filesystem {
-            self.sync_filesystems();
-        }
+        let synced_devices = match self.config.sync {
+            SyncScope::Filesystem => self.sync_filesystems(),
+            SyncScope::Files => Vec::new(),
+        };
         let mut rate = 0u64;
         for (&id, track) in &mut self.tracks {
             if let Take::Open { wav, .. } = &mut track.take {
-                let synced = if self.synced_devices.contains(&wav.device()) {
+                let synced = if synced_devices.contains(&wav.device()) {
                     Ok(())
                 } else {
                     wav.sync()
@@ -868,7 +868,6 @@ impl Writer {
                 }
             }
         }
-        self.synced_devices.clear();
         let threshold = self.config.stop_free_seconds;
         if rate == 0 || !threshold.is_finite() || threshold <= 0.0 {
             self.disk_low = false;
