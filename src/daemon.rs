@@ -99,12 +99,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     };
     let (stop_bridge, bridge_stopped) = tokio::sync::oneshot::channel::<()>();
     let bridge_addr = listener.local_addr().map_err(fail)?;
-    let state = bridge::AppState {
-        token: bridge::token_from(&http),
-        control: control.clone(),
-        config: std::sync::Arc::new(http),
-        ws_clients: Default::default(),
-    };
+    let state = bridge::AppState::new(control.clone(), http);
     let bridge_task = tokio::spawn(bridge::serve(listener, state, async move {
         let _ = bridge_stopped.await;
     }));

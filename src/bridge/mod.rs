@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
@@ -54,6 +55,24 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     /// WebSocket clients currently connected (bounded by `http.max_clients`).
     pub ws_clients: Arc<AtomicUsize>,
+    /// The clock of the WebSocket's `position` and `meters` pushes, shared by all clients.
+    pub beats: ws::Beats,
+}
+
+impl AppState {
+    /// The state of a bridge serving `control` with settings `config`.
+    pub fn new(control: Control, config: HttpConfig) -> AppState {
+        AppState {
+            token: token_from(&config),
+            beats: ws::Beats::new(
+                control.clone(),
+                Duration::from_millis(config.position_interval_ms),
+            ),
+            control,
+            config: Arc::new(config),
+            ws_clients: Arc::default(),
+        }
+    }
 }
 
 /// The HTTP status of each error code: the one place control errors become HTTP.

@@ -6,8 +6,9 @@
 //!
 //! Each connection runs three tasks, plus one per outbound audio source: the reader (this
 //! module: parses and runs commands and audio chunks, one at a time, so replies come back in
-//! order), the pusher ([`push`]: fills the client's bounded [`outbox::Outbox`]) and the writer
-//! (drains replies, the bounded audio queue and the outbox into the socket).
+//! order), the pusher ([`push`]: fills the client's bounded [`outbox::Outbox`] with events)
+//! and the writer (drains replies, the bounded audio queue and the outbox into the socket).
+//! `position` and `meters` reach the outbox from [`Beats`], one clock shared by all clients.
 //! Limits: `http.max_clients` (over: the upgrade is refused with 503 and a JSON error),
 //! `http.max_ws_message_bytes` (over: close code 1009), `http.commands_per_second` per client
 //! (over: an `invalid_state` error frame; the message is not run). Audio chunks do not count
@@ -16,6 +17,7 @@
 //! Not real-time: runs on tokio.
 
 mod audio;
+mod beat;
 mod commands;
 mod outbox;
 mod push;
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -39,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{error_body, ApiError, AppState};
 use crate::control::{ControlError, ErrorCode};
+pub use beat::Beats;
 use outbox::Outbox;
 use push::{Subscription, MAX_METER_RATE_HZ, MIN_METER_RATE_HZ};
 use wire::Topic;
@@ -116,7 +119,7 @@ impl Drop for ClientSlot {
 
 /// What the reader hands the writer.
 enum Outgoing {
-    Text(String),
+    Text(Utf8Bytes),
     Binary(Vec<u8>),
     Close(u16, &'static str),
 }
@@ -131,7 +134,7 @@ async fn serve(socket: WebSocket, state: AppState, bound: Option<String>, slot: 
     let (subscription, subscription_rx) = watch::channel(Subscription::default());
     let pusher = tokio::spawn(push::run(
         state.control.clone(),
-        Duration::from_millis(state.config.position_interval_ms),
+        state.beats.seat(outbox.clone()),
         bound.clone(),
         subscription_rx,
         outbox.clone(),
@@ -187,7 +190,7 @@ async fn serve(socket: WebSocket, state: AppState, bound: Option<String>, slot: 
             ),
             Message::Text(text) => connection.handle(text.as_str()).await,
         };
-        if replies.send(Outgoing::Text(out)).await.is_err() {
+        if replies.send(Outgoing::Text(out.into())).await.is_err() {
             break;
         }
     }
@@ -223,7 +226,7 @@ async fn write(
         };
         for item in batch {
             let sent = match item {
-                Outgoing::Text(text) => sink.feed(Message::Text(text.into())).await,
+                Outgoing::Text(text) => sink.feed(Message::Text(text)).await,
                 Outgoing::Binary(bytes) => sink.feed(Message::Binary(bytes.into())).await,
                 Outgoing::Close(code, reason) => {
                     let frame = CloseFrame {

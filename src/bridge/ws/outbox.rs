@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 use super::wire::{self, Topic};
@@ -27,7 +28,7 @@ pub struct Outbox {
 
 #[derive(Default)]
 struct Pending {
-    events: VecDeque<String>,
+    events: VecDeque<Utf8Bytes>,
     latest: Vec<Latest>,
     dropped: u64,
     total_dropped: u64,
@@ -38,7 +39,7 @@ struct Latest {
     topic: Topic,
     session: String,
     /// `None` once taken.
-    text: Option<String>,
+    text: Option<Utf8Bytes>,
 }
 
 impl Outbox {
@@ -59,7 +60,7 @@ impl Outbox {
             pending.dropped += 1;
             pending.total_dropped += 1;
         }
-        pending.events.push_back(text);
+        pending.events.push_back(text.into());
         drop(pending);
         self.ready.notify_one();
     }
@@ -74,7 +75,8 @@ impl Outbox {
     }
 
     /// Sets the newest value of a latest-value topic for `session`, replacing an unsent one.
-    pub fn set_latest(&self, topic: Topic, session: &str, text: String) {
+    /// The text is shared: every client due the same push holds the same bytes.
+    pub fn set_latest(&self, topic: Topic, session: &str, text: Utf8Bytes) {
         let mut pending = self.lock();
         let slot = pending
             .latest
@@ -100,11 +102,11 @@ impl Outbox {
     /// Takes everything queued, in sending order: the lost-events notice (if any events were
     /// lost since the last call), the events, then the latest values (in the order their
     /// topic and session first came). Slots with nothing new since the last call are dropped.
-    pub fn take(&self) -> Vec<String> {
+    pub fn take(&self) -> Vec<Utf8Bytes> {
         let mut pending = self.lock();
         let mut out = Vec::with_capacity(pending.events.len() + pending.latest.len() + 1);
         if pending.dropped > 0 {
-            out.push(wire::dropped_push(pending.dropped, pending.total_dropped));
+            out.push(wire::dropped_push(pending.dropped, pending.total_dropped).into());
             pending.dropped = 0;
         }
         out.extend(pending.events.drain(..));
@@ -151,18 +153,18 @@ mod tests {
     fn latest_values_coalesce_per_topic_and_session() {
         let outbox = Outbox::new(8);
         for i in 0..1000 {
-            outbox.set_latest(Topic::Position, "a", format!("pa{i}"));
-            outbox.set_latest(Topic::Meters, "a", format!("ma{i}"));
+            outbox.set_latest(Topic::Position, "a", format!("pa{i}").into());
+            outbox.set_latest(Topic::Meters, "a", format!("ma{i}").into());
         }
-        outbox.set_latest(Topic::Position, "b", "pb".into());
+        outbox.set_latest(Topic::Position, "b", Utf8Bytes::from_static("pb"));
         assert_eq!(outbox.take(), ["pa999", "ma999", "pb"]);
         assert!(outbox.take().is_empty());
         // The empty slots went with that take; new values start new ones.
-        outbox.set_latest(Topic::Meters, "b", "mb".into());
-        outbox.set_latest(Topic::Position, "a", "pa".into());
+        outbox.set_latest(Topic::Meters, "b", Utf8Bytes::from_static("mb"));
+        outbox.set_latest(Topic::Position, "a", Utf8Bytes::from_static("pa"));
         assert_eq!(outbox.take(), ["mb", "pa"]);
         assert_eq!(outbox.lock().latest.len(), 2);
-        outbox.set_latest(Topic::Position, "a", "pa2".into());
+        outbox.set_latest(Topic::Position, "a", Utf8Bytes::from_static("pa2"));
         assert_eq!(outbox.take(), ["pa2"]);
         assert_eq!(outbox.lock().latest.len(), 1);
         assert!(outbox.take().is_empty());
