@@ -1140,6 +1140,34 @@ fn detect_environment() -> String {
     }
 }
 
+/// What unit tests elsewhere in the crate need to run a real control.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Control, CreateSession};
+
+    /// A control on the default configuration (virtual graph) with its store and data in
+    /// `dir`, and one session named `name` of `tracks` tracks; returns the session's id.
+    pub(crate) async fn control_with_session(
+        dir: &std::path::Path,
+        name: &str,
+        tracks: u32,
+    ) -> (Control, String) {
+        let store = crate::store::Store::open(&dir.join("overdub.db")).unwrap();
+        let control = Control::start(crate::config::Config::default(), dir.into(), store)
+            .await
+            .unwrap();
+        let session = control
+            .create_session(CreateSession {
+                name: name.into(),
+                tracks: Some(tracks),
+                ..CreateSession::default()
+            })
+            .await
+            .unwrap();
+        (control, session.row.id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

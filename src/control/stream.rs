@@ -331,25 +331,11 @@ fn slot_of(index: u32) -> u16 {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::super::{Control, CreateSession, ErrorCode};
+    use super::super::{Control, ErrorCode};
     use super::*;
-    use crate::config::Config;
-    use crate::store::Store;
 
     async fn control(dir: &std::path::Path) -> (Control, String) {
-        let store = Store::open(&dir.join("overdub.db")).unwrap();
-        let control = Control::start(Config::default(), dir.to_path_buf(), store)
-            .await
-            .unwrap();
-        let session = control
-            .create_session(CreateSession {
-                name: "streams".into(),
-                tracks: Some(2),
-                ..CreateSession::default()
-            })
-            .await
-            .unwrap();
-        (control, session.row.id)
+        super::super::testing::control_with_session(dir, "streams", 2).await
     }
 
     /// Polls `ready` (draining the session) until it holds; fails after 5 s.

@@ -238,22 +238,10 @@ mod tests {
     /// view as soon as the operation returns, with no pump tick in between.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_view_read_right_after_each_operation_reflects_it() {
-        use super::super::{Control, CreateSession, ErrorCode, TrackUpdate};
+        use super::super::{Control, ErrorCode, TrackUpdate};
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("overdub.db")).unwrap();
-        let control = Control::start(crate::config::Config::default(), dir.path().into(), store)
-            .await
-            .unwrap();
-        let id = control
-            .create_session(CreateSession {
-                name: "views".into(),
-                tracks: Some(2),
-                ..CreateSession::default()
-            })
-            .await
-            .unwrap()
-            .row
-            .id;
+        let (control, id) =
+            super::super::testing::control_with_session(dir.path(), "views", 2).await;
         let state = |control: &Control| control.live_session(&id).unwrap().view.state;
         let live = control.live_session(&id).unwrap();
         assert_eq!(live.view.row.name, "views");

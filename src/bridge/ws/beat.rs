@@ -289,25 +289,12 @@ fn next_on_grid(origin: Instant, now: Instant, period: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::CreateSession;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tick_serializes_once_for_all_clients_and_empty_beats_end() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("overdub.db")).unwrap();
-        let control = Control::start(crate::config::Config::default(), dir.path().into(), store)
-            .await
-            .unwrap();
-        let id = control
-            .create_session(CreateSession {
-                name: "beats".into(),
-                tracks: Some(2),
-                ..CreateSession::default()
-            })
-            .await
-            .unwrap()
-            .row
-            .id;
+        let (control, id) =
+            crate::control::testing::control_with_session(dir.path(), "beats", 2).await;
         control.record(&id).await.unwrap();
         let beats = Beats::new(control.clone(), Duration::from_millis(20));
         let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(8))).collect();
