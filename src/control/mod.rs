@@ -347,6 +347,13 @@ impl Control {
         self.inner.sessions.lock().await.keys().cloned().collect()
     }
 
+    /// Ids of the active sessions whose views are published, without waiting for the sessions'
+    /// lock (which an operation in progress holds): for the pushes, which must not stall. A
+    /// session being opened or closed may be missing or still listed.
+    pub fn published_sessions(&self) -> Vec<String> {
+        self.inner.publications.ids()
+    }
+
     /// Every stored session, active or not.
     pub async fn stored_sessions(&self) -> ControlResult<Vec<StoredSession>> {
         let rows = self.inner.store.list_sessions().await?;

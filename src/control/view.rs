@@ -146,6 +146,16 @@ impl Publications {
             .insert(id.to_string(), publication);
     }
 
+    /// The ids of the sessions published now.
+    pub fn ids(&self) -> Vec<String> {
+        self.sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Forgets a session that stopped being active.
     pub fn remove(&self, id: &str) {
         self.sessions

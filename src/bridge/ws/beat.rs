@@ -9,8 +9,9 @@
 //! so its writer sends them in one write.
 //!
 //! A client takes a [`Seat`] and states what it wants with [`Seat::want`]; dropping the seat
-//! (the connection ends) takes it off every beat. A beat with nobody left ends its task, so
-//! the tasks are bounded by the periods in use.
+//! (the connection ends) takes it off every beat. A beat with nobody left is removed and its
+//! task ended at once, so the tasks are bounded by the periods in use, however often clients
+//! change their rates.
 //!
 //! Not real-time: runs on tokio.
 
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use tokio::task::AbortHandle;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use super::outbox::Outbox;
@@ -43,8 +45,17 @@ struct Inner {
 #[derive(Default)]
 struct Registry {
     next_client: u64,
-    /// The listeners of each period that has a running beat task.
-    beats: HashMap<Duration, Vec<Listener>>,
+    next_beat: u64,
+    /// The running beats, by period.
+    beats: HashMap<Duration, Beat>,
+}
+
+/// One period's task and its listeners (never empty while registered).
+struct Beat {
+    /// Tells this beat's task from one started later for the same period.
+    id: u64,
+    task: AbortHandle,
+    listeners: Vec<Listener>,
 }
 
 /// One client on one beat.
@@ -127,10 +138,19 @@ impl Seat {
                 session: session.clone(),
             };
             match registry.beats.get_mut(&period) {
-                Some(listeners) => listeners.push(listener),
+                Some(beat) => beat.listeners.push(listener),
                 None => {
-                    registry.beats.insert(period, vec![listener]);
-                    tokio::spawn(beat(self.inner.clone(), period));
+                    let id = registry.next_beat;
+                    registry.next_beat += 1;
+                    let task = tokio::spawn(run_beat(self.inner.clone(), period, id));
+                    registry.beats.insert(
+                        period,
+                        Beat {
+                            id,
+                            task: task.abort_handle(),
+                            listeners: vec![listener],
+                        },
+                    );
                 }
             }
         }
@@ -151,43 +171,36 @@ impl Inner {
 }
 
 impl Registry {
-    /// Takes `client` off every beat. Empty beats stay until their task's next tick ends them.
+    /// Takes `client` off every beat; a beat left with nobody is removed and its task ended.
     fn leave(&mut self, client: u64) {
-        for listeners in self.beats.values_mut() {
-            listeners.retain(|listener| listener.client != client);
-        }
+        self.beats.retain(|_, beat| {
+            beat.listeners.retain(|listener| listener.client != client);
+            if beat.listeners.is_empty() {
+                beat.task.abort();
+            }
+            !beat.listeners.is_empty()
+        });
     }
 }
 
-/// The task of one period: on each tick, fills the outboxes of its listeners; ends at the
-/// first tick with nobody listening.
-async fn beat(inner: Arc<Inner>, period: Duration) {
+/// The task of beat `id`, of one period: on each tick, fills the outboxes of its listeners.
+/// Ended by [`Registry::leave`] when its last listener leaves; it also ends by itself if it
+/// finds another beat (or none) registered for its period.
+async fn run_beat(inner: Arc<Inner>, period: Duration, id: u64) {
     let mut tick = ticker(period);
     let mut texts = TickTexts::default();
     loop {
         tick.tick().await;
-        let everywhere = {
-            let mut registry = inner.lock();
-            match registry.beats.get(&period) {
-                Some(listeners) if !listeners.is_empty() => {
-                    listeners.iter().any(|listener| listener.session.is_none())
-                }
-                _ => {
-                    registry.beats.remove(&period);
-                    return;
-                }
-            }
-        };
-        let active = if everywhere {
-            inner.control.active_sessions().await
-        } else {
-            Vec::new()
-        };
         texts.clear();
         let registry = inner.lock();
-        // Removed only by this task: present, though perhaps emptied while it waited.
-        let Some(listeners) = registry.beats.get(&period) else {
+        let Some(beat) = registry.beats.get(&period).filter(|beat| beat.id == id) else {
             return;
+        };
+        let listeners = &beat.listeners;
+        let active = if listeners.iter().any(|listener| listener.session.is_none()) {
+            inner.control.published_sessions()
+        } else {
+            Vec::new()
         };
         for listener in listeners {
             match listener.session.as_deref() {
@@ -364,6 +377,7 @@ mod tests {
             assert_eq!(registry.beats.len(), 2);
             let on = |period: u64| {
                 registry.beats[&Duration::from_millis(period)]
+                    .listeners
                     .iter()
                     .filter(|l| l.client == seats[0].client)
                     .map(|l| (l.position, l.meters))
@@ -373,12 +387,32 @@ mod tests {
             assert_eq!(on(100), [(false, true)]);
         }
 
+        // A client changing its meter rate over and over leaves no beat behind: each rate's
+        // beat ends as the client moves on (not at its next tick, 10 s away at 0.1 Hz).
+        let mut tasks = Vec::new();
+        for step in 0..200 {
+            seats[0].want(
+                &Subscription {
+                    meter_rate_hz: 0.1 + f64::from(step) * 0.01,
+                    ..both.clone()
+                },
+                None,
+            );
+            let registry = beats.inner.lock();
+            assert!(registry.beats.len() <= 2, "{} beats", registry.beats.len());
+            tasks.extend(registry.beats.values().map(|beat| beat.task.clone()));
+        }
+
         drop(seats);
+        assert!(
+            beats.inner.lock().beats.is_empty(),
+            "a beat outlived its clients"
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !beats.inner.lock().beats.is_empty() {
+        while !tasks.iter().all(AbortHandle::is_finished) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "a beat outlived its clients"
+                "a beat's task outlived its clients"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
