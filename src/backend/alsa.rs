@@ -827,6 +827,11 @@ impl RunningBackend for AlsaSession {
         self.streams.is_some()
     }
 
+    /// A lost device is opened again from `poll`.
+    fn may_wait(&self) -> bool {
+        true
+    }
+
     /// ALSA has no shared transport.
     fn lead_transport(&mut self, _request: TransportRequest) {}
 

@@ -1494,6 +1494,12 @@ impl RunningBackend for JackSession {
                 .is_some_and(|c| !c.signals.lost.load(Ordering::Acquire))
     }
 
+    /// The graph's state is shared with its housekeeping thread, which holds it while it
+    /// registers ports or reconnects to the server.
+    fn may_wait(&self) -> bool {
+        true
+    }
+
     fn lead_transport(&mut self, request: TransportRequest) {
         if self.graph.transport != TransportMode::Lead {
             return;

@@ -1675,6 +1675,11 @@ impl RunningBackend for PipeWireSession {
         self.graph.is_running()
     }
 
+    /// Ports, links and reconnecting wait on the server.
+    fn may_wait(&self) -> bool {
+        true
+    }
+
     /// PipeWire has no transport to lead.
     fn lead_transport(&mut self, _request: TransportRequest) {}
 

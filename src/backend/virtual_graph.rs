@@ -24,12 +24,14 @@ const FIXED_CHANNELS: usize = 5;
 /// SCHED_FIFO priority asked for the audio thread.
 const REALTIME_PRIORITY: libc::c_int = 70;
 
-/// The longest the audio thread sleeps between wakes. It runs as many whole periods as fit in
-/// this time back to back on each wake (at least one): no device plays or captures the virtual
-/// graph in real time, so its periods need not be spread out, and each wake of a thread costs
-/// far more than a period's processing (at 256 frames and 48 kHz: 3 periods per wake, 62
-/// wakes a second instead of 188). The engine still sees `period`-frame blocks, and the clock
-/// keeps real time over every wake.
+/// How often the audio thread wakes when periods are shorter than this. It runs as many whole
+/// periods as fit in this time back to back on each wake (at least one: a longer period gets
+/// a wake of its own): no device plays or captures the virtual graph in real time, so its
+/// periods need not be spread out, and each wake of a thread costs far more than a period's
+/// processing (at 256 frames and 48 kHz: 3 periods per wake, 62 wakes a second instead of
+/// 188). The engine still sees `period`-frame blocks, and over time the frames run at the
+/// sample rate; within a wake the engine is up to one wake ahead of the wall clock, and a
+/// command takes effect at the next wake.
 const WAKE_INTERVAL_NS: u64 = 20_000_000;
 
 /// What the virtual inputs carry.
@@ -284,6 +286,11 @@ impl RunningBackend for VirtualBackend {
 
     fn is_running(&self) -> bool {
         true
+    }
+
+    /// Everything here is in the process.
+    fn may_wait(&self) -> bool {
+        false
     }
 
     /// The virtual graph has no shared transport.

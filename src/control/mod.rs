@@ -870,17 +870,19 @@ impl Control {
             *next += 1;
         }
         let saved_outputs = self.inner.store.output_connections(id).await?;
-        let session = ActiveSession::start(
-            row,
-            tracks,
-            &next_takes,
-            &saved_outputs,
-            &self.inner.graph,
-            &config,
-            &self.inner.data_dir,
-            self.inner.store.clone(),
-            self.inner.events.clone(),
-        )?;
+        let session = session::graph_call(|| {
+            ActiveSession::start(
+                row,
+                tracks,
+                &next_takes,
+                &saved_outputs,
+                &self.inner.graph,
+                &config,
+                &self.inner.data_dir,
+                self.inner.store.clone(),
+                self.inner.events.clone(),
+            )
+        })?;
         self.inner
             .publications
             .insert(id, session.publication().clone());

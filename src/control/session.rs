@@ -97,9 +97,19 @@ pub(super) struct ActiveSession {
     publication: Arc<Publication>,
 }
 
+/// Runs `call`, which goes into the audio graph, without holding up the runtime. A server's
+/// graph may wait on its server there: a port registered, a node attached, a lost server
+/// looked for (milliseconds; seconds while the server is in trouble). The runtime has a single
+/// worker (`src/main.rs`), so for the call's duration that worker's queue moves to another
+/// thread and D-Bus, the bridge and the other sessions carry on. Needs the multi-thread
+/// runtime.
+pub(super) fn graph_call<T>(call: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(call)
+}
+
 impl ActiveSession {
     /// Builds the engine, starts the audio graph and the capture writer, and installs the
-    /// tracks. Blocking work (thread spawns) is short; called from a tokio task.
+    /// tracks. Waits on the audio server: call it through [`graph_call`].
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         row: SessionRow,
@@ -248,9 +258,10 @@ impl ActiveSession {
             .backend
             .as_mut()
             .ok_or_else(|| ControlError::backend("the session's audio graph is stopped"))?;
-        backend
-            .route_track((row.index - 1) as u16, &row.name, row.channels, &row.input)
-            .map_err(backend_error)
+        graph_call(|| {
+            backend.route_track((row.index - 1) as u16, &row.name, row.channels, &row.input)
+        })
+        .map_err(backend_error)
     }
 
     /// Creates the track's ring, hands one end to the engine and the other to the writer.
@@ -302,7 +313,7 @@ impl ActiveSession {
         let slot = track.slot;
         self.send(ControlToEngine::RemoveTrack { track: slot })?;
         if let Some(backend) = self.backend.as_mut() {
-            backend.remove_track(slot);
+            graph_call(|| backend.remove_track(slot));
         }
         if let Some(writer) = &self.writer {
             writer.send(ControlToWriter::RemoveTrack { track: slot });
@@ -338,9 +349,7 @@ impl ActiveSession {
         }
         if row.name != old.name {
             if let Some(backend) = self.backend.as_mut() {
-                backend
-                    .rename_track(slot, &row.name)
-                    .map_err(backend_error)?;
+                graph_call(|| backend.rename_track(slot, &row.name)).map_err(backend_error)?;
             }
         }
         let params = params_from_row(&row, inputs)?;
@@ -1067,7 +1076,13 @@ impl ActiveSession {
             return;
         };
         let shared = Arc::clone(&self.shared);
-        let events = backend.poll(&|n| shared.add_xruns(n));
+        let xruns = |n| shared.add_xruns(n);
+        // Every pump: handing the worker over costs a thread wake, so only where it may wait.
+        let events = if backend.may_wait() {
+            graph_call(|| backend.poll(&xruns))
+        } else {
+            backend.poll(&xruns)
+        };
         for event in events {
             match event {
                 BackendEvent::Lost => self.on_graph_lost().await,
@@ -1248,5 +1263,43 @@ pub(super) fn to_dbfs(linear: f32) -> f64 {
         -120.0
     } else {
         (20.0 * f64::from(linear).log10()).max(-120.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// On the daemon's runtime (one worker), a graph call that waits on its server leaves the
+    /// other tasks running: here a 10 ms ticker keeps ticking through a 300 ms call.
+    #[test]
+    fn a_waiting_graph_call_leaves_the_one_worker_running() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ticks = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&ticks);
+        let during = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                loop {
+                    tick.tick().await;
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::spawn(async move {
+                let before = ticks.load(Ordering::Relaxed);
+                super::graph_call(|| std::thread::sleep(Duration::from_millis(300)));
+                ticks.load(Ordering::Relaxed) - before
+            })
+            .await
+            .unwrap()
+        });
+        assert!(during >= 10, "only {during} ticks during the call");
     }
 }
