@@ -828,7 +828,7 @@ impl RunningBackend for AlsaSession {
     }
 
     /// A lost device is opened again from `poll`.
-    fn may_wait(&self) -> bool {
+    fn poll_may_wait(&self) -> bool {
         true
     }
 

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use jack::{
@@ -1380,91 +1380,100 @@ impl RunningBackend for JackSession {
         });
     }
 
+    /// Never waits: while the graph's state is held elsewhere (the housekeeping thread looking
+    /// for a lost server or attaching nodes, another session's port work) this poll reports
+    /// nothing, and what changed stays marked for the next one.
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
-        self.with_meta(|graph, state, index| {
-            let mut events = Vec::new();
-            let total_xruns = state
+        let mut guard = match self.graph.state.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Vec::new(),
+        };
+        let state = &mut *guard;
+        let graph = &*self.graph;
+        let index = self.index;
+        let mut events = Vec::new();
+        let total_xruns = state
+            .connection
+            .as_ref()
+            .map(|c| c.signals.xruns.load(Ordering::Relaxed));
+        let Some(meta) = state.nodes[index].as_mut() else {
+            return events;
+        };
+        if let Some(total) = total_xruns {
+            if total > meta.xruns_seen {
+                xruns(total - meta.xruns_seen);
+                meta.xruns_seen = total;
+            }
+        }
+        if std::mem::take(&mut meta.lost_pending) {
+            events.push(BackendEvent::Lost);
+        }
+        if std::mem::take(&mut meta.restored_pending) {
+            events.push(BackendEvent::Restored);
+            meta.transport_seen = None;
+        }
+        if graph.transport == TransportMode::Follow {
+            if let Some(now) = state
                 .connection
                 .as_ref()
-                .map(|c| c.signals.xruns.load(Ordering::Relaxed));
-            let Some(meta) = state.nodes[index].as_mut() else {
-                return events;
-            };
-            if let Some(total) = total_xruns {
-                if total > meta.xruns_seen {
-                    xruns(total - meta.xruns_seen);
-                    meta.xruns_seen = total;
+                .and_then(|c| transport_position(c.client.as_client()))
+            {
+                if meta.transport_seen.is_some() {
+                    events.extend(transport_change(meta.transport_seen, now));
                 }
+                meta.transport_seen = Some(now);
             }
-            if std::mem::take(&mut meta.lost_pending) {
-                events.push(BackendEvent::Lost);
-            }
-            if std::mem::take(&mut meta.restored_pending) {
-                events.push(BackendEvent::Restored);
-                meta.transport_seen = None;
-            }
-            if graph.transport == TransportMode::Follow {
-                if let Some(now) = state
-                    .connection
-                    .as_ref()
-                    .and_then(|c| transport_position(c.client.as_client()))
-                {
-                    if meta.transport_seen.is_some() {
-                        events.extend(transport_change(meta.transport_seen, now));
-                    }
-                    meta.transport_seen = Some(now);
-                }
-            }
-            if let Some(connection) = state.connection.as_ref() {
-                let client = connection.client.as_client();
-                if std::mem::take(&mut meta.outputs_dirty) {
-                    let ports = meta.output_ports(client.name(), graph.direct_outs);
-                    for (role, port) in &ports {
-                        let saved = meta.outputs.get(role).cloned().unwrap_or_default();
-                        let peers = read_output(client, port, &saved);
-                        if peers != saved {
-                            if peers.is_empty() {
-                                meta.outputs.remove(role);
-                            } else {
-                                meta.outputs.insert(role.clone(), peers.clone());
-                            }
-                            events.push(BackendEvent::OutputsChanged {
-                                port: role.clone(),
-                                peers,
-                            });
+        }
+        if let Some(connection) = state.connection.as_ref() {
+            let client = connection.client.as_client();
+            if std::mem::take(&mut meta.outputs_dirty) {
+                let ports = meta.output_ports(client.name(), graph.direct_outs);
+                for (role, port) in &ports {
+                    let saved = meta.outputs.get(role).cloned().unwrap_or_default();
+                    let peers = read_output(client, port, &saved);
+                    if peers != saved {
+                        if peers.is_empty() {
+                            meta.outputs.remove(role);
+                        } else {
+                            meta.outputs.insert(role.clone(), peers.clone());
                         }
-                    }
-                    // Roles of tracks that are gone are forgotten.
-                    let gone: Vec<String> = meta
-                        .outputs
-                        .keys()
-                        .filter(|role| !ports.iter().any(|(r, _)| r == *role))
-                        .cloned()
-                        .collect();
-                    for role in gone {
-                        meta.outputs.remove(&role);
                         events.push(BackendEvent::OutputsChanged {
-                            port: role,
-                            peers: String::new(),
+                            port: role.clone(),
+                            peers,
                         });
                     }
                 }
-                for (&slot, track) in meta.tracks.iter_mut() {
-                    if !std::mem::take(&mut track.dirty) {
-                        continue;
-                    }
-                    let input = read_input(client, &track.ports, &track.input);
-                    if input != track.input {
-                        track.input = input.clone();
-                        events.push(BackendEvent::InputChanged {
-                            slot: u16::try_from(slot).unwrap_or(u16::MAX),
-                            input,
-                        });
-                    }
+                // Roles of tracks that are gone are forgotten.
+                let gone: Vec<String> = meta
+                    .outputs
+                    .keys()
+                    .filter(|role| !ports.iter().any(|(r, _)| r == *role))
+                    .cloned()
+                    .collect();
+                for role in gone {
+                    meta.outputs.remove(&role);
+                    events.push(BackendEvent::OutputsChanged {
+                        port: role,
+                        peers: String::new(),
+                    });
                 }
             }
-            events
-        })
+            for (&slot, track) in meta.tracks.iter_mut() {
+                if !std::mem::take(&mut track.dirty) {
+                    continue;
+                }
+                let input = read_input(client, &track.ports, &track.input);
+                if input != track.input {
+                    track.input = input.clone();
+                    events.push(BackendEvent::InputChanged {
+                        slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                        input,
+                    });
+                }
+            }
+        }
+        events
     }
 
     fn restore_outputs(&mut self, saved: &[(String, String)]) {
@@ -1494,10 +1503,9 @@ impl RunningBackend for JackSession {
                 .is_some_and(|c| !c.signals.lost.load(Ordering::Acquire))
     }
 
-    /// The graph's state is shared with its housekeeping thread, which holds it while it
-    /// registers ports or reconnects to the server.
-    fn may_wait(&self) -> bool {
-        true
+    /// `poll` only tries the graph's state (see there).
+    fn poll_may_wait(&self) -> bool {
+        false
     }
 
     fn lead_transport(&mut self, request: TransportRequest) {

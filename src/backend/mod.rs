@@ -176,10 +176,10 @@ pub trait RunningBackend: Send {
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent>;
     /// Whether the audio server is there and the processor runs.
     fn is_running(&self) -> bool;
-    /// Whether calls into this backend may wait on something outside the process (an audio
-    /// server, a device being opened again): the control runtime then makes even its
-    /// periodic [`poll`](RunningBackend::poll) off its worker.
-    fn may_wait(&self) -> bool;
+    /// Whether [`poll`](RunningBackend::poll) may wait on something outside the process (an
+    /// audio server, a device being opened again): the control runtime then makes that
+    /// periodic call off its worker, as it does every other call into a backend.
+    fn poll_may_wait(&self) -> bool;
     /// Passes a transport change of the session on to the server's transport when the backend
     /// leads it; does nothing otherwise.
     fn lead_transport(&mut self, request: TransportRequest);

@@ -1675,8 +1675,8 @@ impl RunningBackend for PipeWireSession {
         self.graph.is_running()
     }
 
-    /// Ports, links and reconnecting wait on the server.
-    fn may_wait(&self) -> bool {
+    /// `poll` does the graph's housekeeping, which looks for a lost server.
+    fn poll_may_wait(&self) -> bool {
         true
     }
 

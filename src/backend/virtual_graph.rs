@@ -288,8 +288,8 @@ impl RunningBackend for VirtualBackend {
         true
     }
 
-    /// Everything here is in the process.
-    fn may_wait(&self) -> bool {
+    /// Nothing to wait for: `poll` returns at once.
+    fn poll_may_wait(&self) -> bool {
         false
     }
 

@@ -1078,7 +1078,7 @@ impl ActiveSession {
         let shared = Arc::clone(&self.shared);
         let xruns = |n| shared.add_xruns(n);
         // Every pump: handing the worker over costs a thread wake, so only where it may wait.
-        let events = if backend.may_wait() {
+        let events = if backend.poll_may_wait() {
             graph_call(|| backend.poll(&xruns))
         } else {
             backend.poll(&xruns)
