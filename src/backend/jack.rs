@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, TryLockError};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jack::{
@@ -27,7 +27,7 @@ use jack::{
     PortId, ProcessScope,
 };
 
-use super::ports::{self, lock, parse_input, track_port_names, HostedNode, NodeCommand};
+use super::ports::{self, lock, parse_input, track_port_names, try_lock, HostedNode, NodeCommand};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
     RunningBackend, TransportMode, TransportRequest,
@@ -386,6 +386,8 @@ pub struct JackGraph {
     direct_outs: bool,
     sample_rate: u32,
     state: Mutex<GraphState>,
+    /// The period [`JackGraph::period`] last read, answered while the state is held.
+    last_period: AtomicU32,
 }
 
 fn jack_error(what: &str, e: jack::Error) -> BackendError {
@@ -412,6 +414,7 @@ impl JackGraph {
             transport: settings.transport,
             direct_outs: settings.direct_outs,
             sample_rate,
+            last_period: AtomicU32::new(connection.signals.period.load(Ordering::Relaxed)),
             state: Mutex::new(GraphState {
                 connection: Some(connection),
                 rescue_tx,
@@ -446,12 +449,19 @@ impl JackGraph {
         self.sample_rate
     }
 
-    /// Frames per period now (0 while the server is gone). Cheap: no server round trip.
+    /// Frames per period now (0 while the server is gone). Never waits (every HTTP GET of a
+    /// session asks): while the state is held (a reconnect, port work) it answers the period
+    /// it last read.
     pub fn period(&self) -> u32 {
-        lock(&self.state)
+        let Some(state) = try_lock(&self.state) else {
+            return self.last_period.load(Ordering::Relaxed);
+        };
+        let period = state
             .connection
             .as_ref()
-            .map_or(0, |c| c.signals.period.load(Ordering::Relaxed))
+            .map_or(0, |c| c.signals.period.load(Ordering::Relaxed));
+        self.last_period.store(period, Ordering::Relaxed);
+        period
     }
 
     /// Rate, period and the latency of the physical ports, as the server reports them now.
@@ -1384,10 +1394,8 @@ impl RunningBackend for JackSession {
     /// for a lost server or attaching nodes, another session's port work) this poll reports
     /// nothing, and what changed stays marked for the next one.
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
-        let mut guard = match self.graph.state.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Vec::new(),
+        let Some(mut guard) = try_lock(&self.graph.state) else {
+            return Vec::new();
         };
         let state = &mut *guard;
         let graph = &*self.graph;

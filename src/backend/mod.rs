@@ -403,7 +403,7 @@ impl Graph {
             #[cfg(feature = "jack")]
             Graph::Jack(graph) => graph.period(),
             #[cfg(feature = "pipewire")]
-            Graph::PipeWire(graph) => graph.info().period,
+            Graph::PipeWire(graph) => graph.period(),
             #[cfg(feature = "alsa")]
             Graph::Alsa(graph) => graph.period(),
         }

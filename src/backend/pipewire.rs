@@ -45,7 +45,7 @@ use pw::sys as pw_sys;
 use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
-use super::ports::{self, lock, parse_input, track_port_names, HostedNode, NodeCommand};
+use super::ports::{self, lock, parse_input, track_port_names, try_lock, HostedNode, NodeCommand};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
     TransportRequest,
@@ -1050,12 +1050,26 @@ struct GraphState {
     abandoned: Vec<usize>,
 }
 
+/// The quantum of the graph's last cycle (the server's default before the first; 0 while the
+/// server is gone).
+fn period_of(state: &GraphState) -> u32 {
+    match &state.connection {
+        Some(c) => match c.signals.period.load(Ordering::Relaxed) {
+            0 => lock(&c.signals.model).default_quantum.unwrap_or(0),
+            period => period,
+        },
+        None => 0,
+    }
+}
+
 /// The shared PipeWire node. Cheap to share behind an `Arc`; every method runs off the
 /// real-time thread.
 pub struct PipeWireGraph {
     node_name: String,
     sample_rate: u32,
     state: Mutex<GraphState>,
+    /// The period [`PipeWireGraph::period`] last read, answered while the state is held.
+    last_period: AtomicU32,
 }
 
 impl PipeWireGraph {
@@ -1066,9 +1080,10 @@ impl PipeWireGraph {
         let sample_rate = lock(&connection.signals.model)
             .default_rate
             .unwrap_or(48_000);
-        Ok(PipeWireGraph {
+        let graph = PipeWireGraph {
             node_name: settings.node_name.clone(),
             sample_rate,
+            last_period: AtomicU32::new(0),
             state: Mutex::new(GraphState {
                 connection: Some(connection),
                 next_generation: 1,
@@ -1077,7 +1092,10 @@ impl PipeWireGraph {
                 last_attempt: Instant::now(),
                 abandoned: Vec::new(),
             }),
-        })
+        };
+        // The first read sets the period answered while the state is held.
+        graph.period();
+        Ok(graph)
     }
 
     /// The node's `node.name`.
@@ -1095,14 +1113,8 @@ impl PipeWireGraph {
     /// into, or out of, the node), as the ALSA backend does; PipeWire's per-port latency
     /// parameters are not read.
     pub fn info(&self) -> BackendInfo {
-        let state = lock(&self.state);
-        let period = match &state.connection {
-            Some(c) => match c.signals.period.load(Ordering::Relaxed) {
-                0 => lock(&c.signals.model).default_quantum.unwrap_or(0),
-                period => period,
-            },
-            None => 0,
-        };
+        let period = period_of(&lock(&self.state));
+        self.last_period.store(period, Ordering::Relaxed);
         BackendInfo {
             name: "pipewire",
             sample_rate: self.sample_rate,
@@ -1110,6 +1122,18 @@ impl PipeWireGraph {
             input_latency_frames: period,
             output_latency_frames: period,
         }
+    }
+
+    /// Frames per cycle now (0 while the server is gone). Never waits (every HTTP GET of a
+    /// session asks): while the state is held (a reconnect, port work) it answers the period
+    /// it last read.
+    pub fn period(&self) -> u32 {
+        let Some(state) = try_lock(&self.state) else {
+            return self.last_period.load(Ordering::Relaxed);
+        };
+        let period = period_of(&state);
+        self.last_period.store(period, Ordering::Relaxed);
+        period
     }
 
     /// Whether the server is there.

@@ -339,7 +339,7 @@ impl Control {
 
     /// The devices of the audio graph.
     pub fn devices(&self) -> Vec<DeviceInfo> {
-        self.inner.graph.devices()
+        session::graph_call(|| self.inner.graph.devices())
     }
 
     /// Ids of the active sessions.
@@ -405,7 +405,7 @@ impl Control {
                     format!("Track {index}"),
                     1,
                     index <= config.session.default_armed,
-                    self.inner.graph.default_input(index, 1),
+                    session::graph_call(|| self.inner.graph.default_input(index, 1)),
                 )
             })
             .collect();
@@ -648,9 +648,9 @@ impl Control {
                 let index = s.free_index().ok_or_else(|| {
                     ControlError::invalid_state("the session has engine.max_tracks tracks")
                 })?;
-                let input = request
-                    .input
-                    .unwrap_or_else(|| inner.graph.default_input(index, channels));
+                let input = request.input.unwrap_or_else(|| {
+                    session::graph_call(|| inner.graph.default_input(index, channels))
+                });
                 validate::input(&input)?;
                 s.check_input(&input, channels)?;
                 let armed = request.armed.unwrap_or(false);

@@ -99,7 +99,8 @@ pub(super) struct ActiveSession {
 
 /// Runs `call`, which goes into the audio graph, without holding up the runtime. A server's
 /// graph may wait on its server there: a port registered, a node attached, a lost server
-/// looked for (milliseconds; seconds while the server is in trouble). The runtime has a single
+/// looked for (milliseconds; seconds while the server is in trouble), or wait for the graph's
+/// lock while another thread does one of these. The runtime has a single
 /// worker (`src/main.rs`), so for the call's duration that worker's queue moves to another
 /// thread and D-Bus, the bridge and the other sessions carry on. Needs the multi-thread
 /// runtime.
@@ -244,7 +245,9 @@ impl ActiveSession {
     /// graph, changing nothing.
     pub fn check_input(&self, input: &str, channels: u8) -> ControlResult<()> {
         match &self.backend {
-            Some(backend) => backend.check_input(input, channels).map_err(backend_error),
+            Some(backend) => {
+                graph_call(|| backend.check_input(input, channels)).map_err(backend_error)
+            }
             None => Err(ControlError::backend(
                 "the session's audio graph is stopped",
             )),
@@ -712,7 +715,7 @@ impl ActiveSession {
         done: impl Fn(&Self) -> bool,
     ) -> ControlResult<()> {
         self.drain().await;
-        if !self.graph_running()
+        if !graph_call(|| self.graph_running())
             && matches!(
                 command,
                 ControlToEngine::Record { .. } | ControlToEngine::Play | ControlToEngine::Resume
@@ -727,11 +730,13 @@ impl ActiveSession {
         let deadline = Instant::now() + ENGINE_REPLY_TIMEOUT;
         loop {
             tokio::time::sleep(Duration::from_millis(2)).await;
-            if !self.graph_running() {
-                let period = self.period as usize;
-                if let Some(backend) = self.backend.as_mut() {
-                    backend.run_detached(period);
-                }
+            let period = self.period as usize;
+            if let Some(backend) = self.backend.as_mut() {
+                graph_call(|| {
+                    if !backend.is_running() {
+                        backend.run_detached(period);
+                    }
+                });
             }
             self.drain().await;
             if let Some(reason) = self.rejection.take() {
@@ -1177,7 +1182,7 @@ impl ActiveSession {
     /// Passes a transport change on to a led server transport.
     fn lead(&mut self, request: TransportRequest) {
         if let Some(backend) = self.backend.as_mut() {
-            backend.lead_transport(request);
+            graph_call(|| backend.lead_transport(request));
         }
     }
 
