@@ -128,7 +128,9 @@ impl Seat {
             }
         }
         let mut registry = self.inner.lock();
-        registry.leave(self.client);
+        // Off every beat, onto the wanted ones, and only then are emptied beats ended: a client
+        // that keeps its period keeps its beat (and its next tick).
+        registry.forget(self.client);
         for (period, position, meters) in wants {
             let listener = Listener {
                 client: self.client,
@@ -154,6 +156,7 @@ impl Seat {
                 }
             }
         }
+        registry.end_empty();
     }
 }
 
@@ -173,8 +176,20 @@ impl Inner {
 impl Registry {
     /// Takes `client` off every beat; a beat left with nobody is removed and its task ended.
     fn leave(&mut self, client: u64) {
-        self.beats.retain(|_, beat| {
+        self.forget(client);
+        self.end_empty();
+    }
+
+    /// Takes `client` off every beat, leaving emptied beats for [`Registry::end_empty`].
+    fn forget(&mut self, client: u64) {
+        for beat in self.beats.values_mut() {
             beat.listeners.retain(|listener| listener.client != client);
+        }
+    }
+
+    /// Removes the beats nobody listens to and ends their tasks.
+    fn end_empty(&mut self) {
+        self.beats.retain(|_, beat| {
             if beat.listeners.is_empty() {
                 beat.task.abort();
             }
@@ -184,7 +199,7 @@ impl Registry {
 }
 
 /// The task of beat `id`, of one period: on each tick, fills the outboxes of its listeners.
-/// Ended by [`Registry::leave`] when its last listener leaves; it also ends by itself if it
+/// Ended by [`Registry::end_empty`] when its last listener leaves; it also ends by itself if it
 /// finds another beat (or none) registered for its period.
 async fn run_beat(inner: Arc<Inner>, period: Duration, id: u64) {
     let mut tick = ticker(period);
@@ -318,6 +333,11 @@ mod tests {
             session: Some(id.clone()),
         };
         seats[0].want(&both, None);
+        // Its only client wanting the same again keeps the beat (and so its next tick).
+        let beat_id = |beats: &Beats| beats.inner.lock().beats.values().next().unwrap().id;
+        let before = beat_id(&beats);
+        seats[0].want(&both, None);
+        assert_eq!(beat_id(&beats), before);
         // Bound to the session by its connection instead of by the subscription.
         seats[1].want(
             &Subscription {
