@@ -100,10 +100,9 @@ pub(super) struct ActiveSession {
 /// Runs `call`, which goes into the audio graph, without holding up the runtime. A server's
 /// graph may wait on its server there: a port registered, a node attached, a lost server
 /// looked for (milliseconds; seconds while the server is in trouble), or wait for the graph's
-/// lock while another thread does one of these. The runtime has a single
-/// worker (`src/main.rs`), so for the call's duration that worker's queue moves to another
-/// thread and D-Bus, the bridge and the other sessions carry on. Needs the multi-thread
-/// runtime.
+/// lock while another thread does one of these. The runtime has a single worker
+/// (`src/main.rs`), so for the call's duration that worker's queue moves to another thread
+/// and D-Bus, the bridge and the other sessions carry on. Needs the multi-thread runtime.
 pub(super) fn graph_call<T>(call: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(call)
 }
