@@ -27,7 +27,9 @@ use jack::{
     PortId, ProcessScope,
 };
 
-use super::ports::{self, lock, parse_input, track_port_names, try_lock, HostedNode, NodeCommand};
+use super::ports::{
+    self, lock, parse_input, read_or_last, track_port_names, try_lock, HostedNode, NodeCommand,
+};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
     RunningBackend, TransportMode, TransportRequest,
@@ -453,15 +455,12 @@ impl JackGraph {
     /// session asks): while the state is held (a reconnect, port work) it answers the period
     /// it last read.
     pub fn period(&self) -> u32 {
-        let Some(state) = try_lock(&self.state) else {
-            return self.last_period.load(Ordering::Relaxed);
-        };
-        let period = state
-            .connection
-            .as_ref()
-            .map_or(0, |c| c.signals.period.load(Ordering::Relaxed));
-        self.last_period.store(period, Ordering::Relaxed);
-        period
+        read_or_last(&self.state, &self.last_period, |state| {
+            state
+                .connection
+                .as_ref()
+                .map_or(0, |c| c.signals.period.load(Ordering::Relaxed))
+        })
     }
 
     /// Rate, period and the latency of the physical ports, as the server reports them now.

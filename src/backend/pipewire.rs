@@ -45,7 +45,9 @@ use pw::sys as pw_sys;
 use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
-use super::ports::{self, lock, parse_input, track_port_names, try_lock, HostedNode, NodeCommand};
+use super::ports::{
+    self, lock, parse_input, read_or_last, track_port_names, HostedNode, NodeCommand,
+};
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
     TransportRequest,
@@ -1128,12 +1130,7 @@ impl PipeWireGraph {
     /// session asks): while the state is held (a reconnect, port work) it answers the period
     /// it last read.
     pub fn period(&self) -> u32 {
-        let Some(state) = try_lock(&self.state) else {
-            return self.last_period.load(Ordering::Relaxed);
-        };
-        let period = period_of(&state);
-        self.last_period.store(period, Ordering::Relaxed);
-        period
+        read_or_last(&self.state, &self.last_period, period_of)
     }
 
     /// Whether the server is there.

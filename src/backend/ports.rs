@@ -73,6 +73,23 @@ pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// `read` of what `mutex` guards, remembered in `last`, if nobody holds `mutex` now; else the
+/// value last read. Never waits: for figures asked often from the control runtime (the period)
+/// while a graph's housekeeping may hold its state for long.
+pub(super) fn read_or_last<T>(
+    mutex: &std::sync::Mutex<T>,
+    last: &std::sync::atomic::AtomicU32,
+    read: impl FnOnce(&T) -> u32,
+) -> u32 {
+    use std::sync::atomic::Ordering;
+    let Some(guard) = try_lock(mutex) else {
+        return last.load(Ordering::Relaxed);
+    };
+    let value = read(&guard);
+    last.store(value, Ordering::Relaxed);
+    value
+}
+
 /// [`lock`] if nobody holds `mutex` now; `None` instead of waiting.
 pub(super) fn try_lock<T>(mutex: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
     match mutex.try_lock() {

@@ -398,17 +398,20 @@ impl Control {
             created_at_ms: now_ms(),
             active: true,
         };
-        let tracks = (1..=count)
-            .map(|index| {
-                new_track(
-                    index,
-                    format!("Track {index}"),
-                    1,
-                    index <= config.session.default_armed,
-                    session::graph_call(|| self.inner.graph.default_input(index, 1)),
-                )
-            })
-            .collect();
+        // One hand-over of the worker for all the tracks' default inputs.
+        let tracks = session::graph_call(|| {
+            (1..=count)
+                .map(|index| {
+                    new_track(
+                        index,
+                        format!("Track {index}"),
+                        1,
+                        index <= config.session.default_armed,
+                        self.inner.graph.default_input(index, 1),
+                    )
+                })
+                .collect()
+        });
         self.inner.store.create_session(row, tracks).await?;
         if let Err(error) = self.activate(&id).await {
             // A failed create leaves nothing behind.
