@@ -31,15 +31,13 @@ use super::ports::{
     self, lock, parse_input, read_or_last, track_port_names, try_lock, HostedNode, NodeCommand,
 };
 use super::{
-    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
-    RunningBackend, TransportMode, TransportRequest,
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, RunningBackend,
+    TransportMode, TransportRequest,
 };
-use crate::engine::{ProcessContext, Processor, TrackOutputs, NO_INPUT};
+use crate::engine::{AudioInputs, ProcessContext, Processor, TrackOutputs, NO_INPUT};
 
 /// Sessions one client can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
-/// Frames copied from the ports per processor call; longer JACK periods are run in chunks.
-const CHUNK_FRAMES: usize = 2048;
 /// Capacity of the command and hand-back queues between control and the process callback.
 const QUEUE: usize = 1024;
 /// How often a lost server is looked for.
@@ -58,49 +56,73 @@ struct TrackPorts {
     outs: Option<[jack::Port<AudioOut>; 2]>,
 }
 
-/// The direct outputs of a node's tracks for one chunk of a period. Real-time safe.
-struct DirectOuts<'s> {
-    tracks: &'s mut [Option<Box<TrackPorts>>],
+/// The tracks' input ports as the processor's inputs: channel `2 × slot + c` is channel `c` of
+/// track `slot`, read straight from JACK's port buffer (silence where a track has no port).
+/// Real-time safe.
+struct PortInputs<'s> {
+    tracks: &'s [Option<Box<TrackPorts>>],
     scope: &'s ProcessScope,
-    range: std::ops::Range<usize>,
+}
+
+impl AudioInputs for PortInputs<'_> {
+    fn channel_count(&self) -> usize {
+        2 * self.tracks.len()
+    }
+
+    fn channel(&self, index: usize) -> &[f32] {
+        let port = self
+            .tracks
+            .get(index / 2)
+            .and_then(|track| track.as_ref()?.ports[index % 2].as_ref());
+        port.map_or(&[], |port| port.as_slice(self.scope))
+    }
+}
+
+/// The direct outputs of a node's tracks for one period. Real-time safe.
+struct DirectOuts<'s> {
+    tracks: &'s [Option<Box<TrackPorts>>],
+    scope: &'s ProcessScope,
 }
 
 impl TrackOutputs for DirectOuts<'_> {
     fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])> {
-        let [left, right] = self.tracks.get_mut(slot)?.as_mut()?.outs.as_mut()?;
-        let range = self.range.clone();
-        Some((
-            left.as_mut_slice(self.scope).get_mut(range.clone())?,
-            right.as_mut_slice(self.scope).get_mut(range)?,
-        ))
+        let [left, right] = self.tracks.get(slot)?.as_ref()?.outs.as_ref()?;
+        let frames = self.scope.n_frames();
+        // SAFETY: JACK gives each output port a buffer of its own for the period, `frames`
+        // samples long, valid until the process callback returns and written only by this
+        // callback. `Port::as_mut_slice` would need the port table mutably while the inputs
+        // read it this period (they never touch output ports). The two slices are different
+        // ports' buffers, and they borrow `self` mutably: no other slice from this
+        // `DirectOuts` lives meanwhile.
+        unsafe {
+            Some((
+                std::slice::from_raw_parts_mut(left.buffer(frames).cast(), frames as usize),
+                std::slice::from_raw_parts_mut(right.buffer(frames).cast(), frames as usize),
+            ))
+        }
     }
 }
 
-/// One session in the process callback: its processor, its ports and its input buffers.
+/// One session in the process callback: its processor and its ports.
 struct Node {
     processor: Processor,
-    inputs: PlanarInputs,
     tracks: Box<[Option<Box<TrackPorts>>]>,
     /// `None` while the node waits for a server (its ports died with the last one).
     master: Option<[jack::Port<AudioOut>; 2]>,
 }
 
 impl Node {
-    /// Copies the tracks' port buffers into the planar inputs and runs the processor, in chunks
-    /// of [`CHUNK_FRAMES`]. **Real-time safe**.
+    /// Runs the processor over the period, reading the tracks' port buffers in place (the
+    /// processor splits a period longer than its own maximum). **Real-time safe**.
     fn run(&mut self, scope: &ProcessScope) {
-        let frames = scope.n_frames() as usize;
         let Node {
             processor,
-            inputs,
             tracks,
             master,
         } = self;
         let Some([left_port, right_port]) = master else {
             return;
         };
-        let left = left_port.as_mut_slice(scope);
-        let right = right_port.as_mut_slice(scope);
         // Direct outputs start silent: a track installed in the processor after its ports
         // arrived writes into them from then on.
         for outs in tracks.iter_mut().flatten().filter_map(|t| t.outs.as_mut()) {
@@ -108,41 +130,15 @@ impl Node {
                 port.as_mut_slice(scope).fill(0.0);
             }
         }
-        let mut done = 0;
-        while done < frames {
-            let len = (frames - done).min(inputs.capacity());
-            inputs.set_frames(len);
-            for (slot, ports) in tracks.iter().enumerate() {
-                let Some(ports) = ports else { continue };
-                for (channel, port) in ports.ports.iter().enumerate() {
-                    if let Some(port) = port {
-                        let source = port.as_slice(scope).get(done..done + len).unwrap_or(&[]);
-                        let target = inputs.channel_mut(2 * slot + channel);
-                        let n = source.len().min(target.len());
-                        target[..n].copy_from_slice(&source[..n]);
-                    }
-                }
-            }
-            let (Some(left), Some(right)) = (
-                left.get_mut(done..done + len),
-                right.get_mut(done..done + len),
-            ) else {
-                return;
-            };
-            let mut direct = DirectOuts {
-                tracks,
-                scope,
-                range: done..done + len,
-            };
-            processor.process(&mut ProcessContext {
-                frames: len,
-                inputs,
-                master_left: left,
-                master_right: right,
-                track_outputs: Some(&mut direct),
-            });
-            done += len;
-        }
+        let inputs = PortInputs { tracks, scope };
+        let mut direct = DirectOuts { tracks, scope };
+        processor.process(&mut ProcessContext {
+            frames: scope.n_frames() as usize,
+            inputs: &inputs,
+            master_left: left_port.as_mut_slice(scope),
+            master_right: right_port.as_mut_slice(scope),
+            track_outputs: Some(&mut direct),
+        });
     }
 }
 
@@ -615,7 +611,6 @@ impl JackGraph {
         let master = Some(register_master(connection.client.as_client(), &prefix)?);
         let node = Box::new(Node {
             processor,
-            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
         });
@@ -1541,17 +1536,7 @@ impl RunningBackend for JackSession {
             let Some(node) = state.parked[index].as_mut() else {
                 return false;
             };
-            let mut left = vec![0.0; frames];
-            let mut right = vec![0.0; frames];
-            let mut inputs = PlanarInputs::new(2 * node.tracks.len(), frames);
-            inputs.set_frames(frames);
-            node.processor.process(&mut ProcessContext {
-                frames,
-                inputs: &inputs,
-                master_left: &mut left,
-                master_right: &mut right,
-                track_outputs: None,
-            });
+            ports::run_silent(&mut node.processor, frames);
             true
         })
     }

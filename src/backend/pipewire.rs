@@ -49,14 +49,14 @@ use super::ports::{
     self, lock, parse_input, read_or_last, track_port_names, HostedNode, NodeCommand,
 };
 use super::{
-    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, RunningBackend,
     TransportRequest,
 };
-use crate::engine::{ProcessContext, Processor, NO_INPUT};
+use crate::engine::{AudioInputs, ProcessContext, Processor, NO_INPUT};
 
 /// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
-/// Frames copied from the ports per processor call; longer quanta are run in chunks.
+/// Frames of the master per processor call (its scratch buffers); longer quanta run in chunks.
 const CHUNK_FRAMES: usize = 2048;
 /// The most frames a DSP port buffer holds (pw_filter's `MAX_SAMPLES`); longer cycles are cut.
 const MAX_DSP_FRAMES: usize = 8192;
@@ -129,10 +129,41 @@ impl TrackPorts {
     }
 }
 
+/// The tracks' input ports as the processor's inputs for one chunk of a cycle: channel
+/// `2 × slot + c` is channel `c` of track `slot`, read straight from the cycle's DSP buffer
+/// from frame `offset` on (silence where a track has no port or PipeWire gave no buffer).
+/// Real-time safe.
+struct CycleInputs<'a> {
+    tracks: &'a [Option<Box<TrackPorts>>],
+    offset: usize,
+    frames: usize,
+}
+
+impl AudioInputs for CycleInputs<'_> {
+    fn channel_count(&self) -> usize {
+        2 * self.tracks.len()
+    }
+
+    fn channel(&self, index: usize) -> &[f32] {
+        let Some(ports) = self.tracks.get(index / 2).and_then(Option::as_deref) else {
+            return &[];
+        };
+        let channel = index % 2;
+        let source = ports.buffers[channel];
+        if ports.ports[channel].is_none() || source.is_null() {
+            return &[];
+        }
+        // SAFETY: `buffers` were set at the start of this cycle (`Node::run`), and PipeWire's
+        // DSP buffer holds at least the cycle's frames (clamped to `MAX_DSP_FRAMES`), of
+        // which `offset + frames` is at most; no one writes an input port's buffer during
+        // the cycle.
+        unsafe { std::slice::from_raw_parts(source.add(self.offset), self.frames) }
+    }
+}
+
 /// One session in the process callback: its processor, its ports and its buffers.
 struct Node {
     processor: Processor,
-    inputs: PlanarInputs,
     tracks: Box<[Option<Box<TrackPorts>>]>,
     master: [PortHandle; 2],
     /// Where the processor writes the master before it is copied to the ports.
@@ -140,13 +171,12 @@ struct Node {
 }
 
 impl Node {
-    /// Copies the tracks' port buffers into the planar inputs, runs the processor in chunks of
-    /// [`CHUNK_FRAMES`] and copies the master to its ports. **Real-time safe**.
+    /// Runs the processor over the cycle in chunks of [`CHUNK_FRAMES`], reading the tracks'
+    /// DSP buffers in place, and copies the master to its ports. **Real-time safe**.
     fn run(&mut self, frames: usize) {
         let frames = frames.min(MAX_DSP_FRAMES);
         let Node {
             processor,
-            inputs,
             tracks,
             master,
             scratch,
@@ -161,40 +191,26 @@ impl Node {
         let [left, right] = scratch;
         let mut done = 0;
         while done < frames {
-            let len = (frames - done).min(inputs.capacity());
-            inputs.set_frames(len);
-            for (slot, ports) in tracks.iter().enumerate() {
-                let Some(ports) = ports else { continue };
-                for (channel, source) in ports.buffers.iter().enumerate() {
-                    if ports.ports[channel].is_none() {
-                        continue;
-                    }
-                    let target = inputs.channel_mut(2 * slot + channel);
-                    if source.is_null() {
-                        target.fill(0.0);
-                    } else {
-                        // SAFETY: PipeWire's DSP buffer holds at least `frames` samples for this
-                        // cycle (clamped to `MAX_DSP_FRAMES`), and `done + len <= frames`.
-                        let source = unsafe { std::slice::from_raw_parts(source.add(done), len) };
-                        let n = source.len().min(target.len());
-                        target[..n].copy_from_slice(&source[..n]);
-                    }
-                }
-            }
+            let len = (frames - done).min(CHUNK_FRAMES);
             let (Some(left), Some(right)) = (left.get_mut(..len), right.get_mut(..len)) else {
                 return;
             };
             processor.process(&mut ProcessContext {
                 frames: len,
-                inputs,
+                inputs: &CycleInputs {
+                    tracks,
+                    offset: done,
+                    frames: len,
+                },
                 master_left: left,
                 master_right: right,
                 track_outputs: None,
             });
             for (output, mix) in outputs.iter().zip([&*left, &*right]) {
                 if !output.is_null() {
-                    // SAFETY: as above, for the output port's buffer, which only this callback
-                    // writes during the cycle.
+                    // SAFETY: PipeWire's DSP buffer holds at least `frames` samples for this
+                    // cycle (clamped to `MAX_DSP_FRAMES`), `done + len <= frames`, and only
+                    // this callback writes an output port's buffer during the cycle.
                     let output = unsafe { std::slice::from_raw_parts_mut(output.add(done), len) };
                     output.copy_from_slice(mix);
                 }
@@ -1246,7 +1262,6 @@ impl PipeWireGraph {
         let master = add_master(connection, &prefix)?;
         let node = Box::new(Node {
             processor,
-            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
             scratch: [
@@ -1709,17 +1724,7 @@ impl RunningBackend for PipeWireSession {
             let Some(node) = state.parked[index].as_mut() else {
                 return false;
             };
-            let mut left = vec![0.0; frames];
-            let mut right = vec![0.0; frames];
-            let mut inputs = PlanarInputs::new(2 * node.tracks.len(), frames);
-            inputs.set_frames(frames);
-            node.processor.process(&mut ProcessContext {
-                frames,
-                inputs: &inputs,
-                master_left: &mut left,
-                master_right: &mut right,
-                track_outputs: None,
-            });
+            ports::run_silent(&mut node.processor, frames);
             true
         })
     }

@@ -1,8 +1,10 @@
 //! What the graphs with ports per track (JACK, PipeWire) share: the input-word grammar, the
-//! port names, and the node table their process callbacks keep (commands in, retired things
-//! out). Only [`apply_commands`] is real-time code.
+//! port names, the node table their process callbacks keep (commands in, retired things out),
+//! and running a node's processor while its server is gone. Only [`apply_commands`] is
+//! real-time code.
 
 use super::BackendError;
+use crate::engine::{AudioInputs, ProcessContext, Processor};
 
 /// Splits an input word into one group of source port names per channel: `none` (or empty),
 /// or one group per channel separated by `,`, each one or more ports separated by `+`
@@ -167,6 +169,34 @@ pub(super) fn apply_commands<N: HostedNode>(
             let _ = retired.push(out);
         }
     }
+}
+
+/// No input channels: every track reads silence.
+struct NoInputs;
+
+impl AudioInputs for NoInputs {
+    fn channel_count(&self) -> usize {
+        0
+    }
+
+    fn channel(&self, _index: usize) -> &[f32] {
+        &[]
+    }
+}
+
+/// Runs `processor` over `frames` frames of silence and drops the master: how a node parked
+/// while its server is gone still takes queued commands (a stop) into effect. Allocates the
+/// master buffers: not real-time code.
+pub(super) fn run_silent(processor: &mut Processor, frames: usize) {
+    let mut left = vec![0.0; frames];
+    let mut right = vec![0.0; frames];
+    processor.process(&mut ProcessContext {
+        frames,
+        inputs: &NoInputs,
+        master_left: &mut left,
+        master_right: &mut right,
+        track_outputs: None,
+    });
 }
 
 #[cfg(test)]
