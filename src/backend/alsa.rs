@@ -640,7 +640,7 @@ impl AlsaSession {
     /// Builds the playback stream (if any), then the capture stream with the processor, and
     /// starts them. On failure the processor is on the rescue channel.
     fn try_open(&mut self, processor: Processor) -> Result<Streams, BackendError> {
-        let (master_tx, master_rx) = rtrb::RingBuffer::new(MASTER_RING_FRAMES);
+        let (master_tx, master_rx) = crate::engine::touched_ring(MASTER_RING_FRAMES);
         let host = cpal::host_from_id(cpal::HostId::Alsa);
         let host = match host {
             Ok(host) => host,

@@ -992,7 +992,7 @@ fn connect(
     let (client, _status) = Client::new(client_name, ClientOptions::NO_START_SERVER)
         .map_err(|e| jack_error("no JACK server answers", e))?;
     let (command_tx, command_rx) = rtrb::RingBuffer::new(QUEUE);
-    let (retired_tx, retired_rx) = rtrb::RingBuffer::new(QUEUE);
+    let (retired_tx, retired_rx) = crate::engine::touched_ring(QUEUE);
     let signals = Arc::new(GraphSignals::default());
     signals
         .period

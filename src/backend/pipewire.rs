@@ -686,7 +686,7 @@ impl Connection {
             .register();
 
         let (command_tx, command_rx) = rtrb::RingBuffer::new(QUEUE);
-        let (retired_tx, retired_rx) = rtrb::RingBuffer::new(QUEUE);
+        let (retired_tx, retired_rx) = crate::engine::touched_ring(QUEUE);
         let data = Box::new(FilterData {
             signals: Arc::clone(&signals),
             process: UnsafeCell::new(FilterProcess {

@@ -272,7 +272,7 @@ impl ActiveSession {
         let params = params_from_row(&row, self.route_track(&row)?)?;
         let capacity = (self.ring_seconds * f64::from(self.row.sample_rate)) as usize
             * usize::from(row.channels);
-        let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1024));
+        let (producer, consumer) = crate::engine::touched_ring(capacity.max(1024));
         if let Some(writer) = &self.writer {
             writer.send(ControlToWriter::AddTrack {
                 track: slot,

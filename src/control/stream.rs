@@ -301,7 +301,7 @@ impl ActiveSession {
         let blocks = (u64::from(rate) * u64::from(TAP_RING_MS) / 1000)
             .div_ceil(TAP_BLOCK_FRAMES as u64)
             .max(2) as usize;
-        let (producer, consumer) = RingBuffer::new(blocks);
+        let (producer, consumer) = crate::engine::touched_ring(blocks);
         let (tap, stats) = MonitorTap::new(engine_source, producer);
         let id = id as u8;
         self.send(ControlToEngine::AttachTap {

@@ -17,6 +17,7 @@ mod test_rig;
 #[cfg(test)]
 mod tests;
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 pub use messages::*;
@@ -71,8 +72,8 @@ impl EngineConfig {
 /// (allocates every buffer the processor will ever use). Zero sizes are raised to 1.
 pub fn engine(config: EngineConfig) -> (Processor, EngineHandle, rtrb::Consumer<CaptureMarker>) {
     let (command_tx, command_rx) = rtrb::RingBuffer::new(config.command_capacity.max(1));
-    let (event_tx, event_rx) = rtrb::RingBuffer::new(config.event_capacity.max(1));
-    let (marker_tx, marker_rx) = rtrb::RingBuffer::new(config.marker_capacity.max(1));
+    let (event_tx, event_rx) = touched_ring(config.event_capacity.max(1));
+    let (marker_tx, marker_rx) = touched_ring(config.marker_capacity.max(1));
     let shared = Arc::new(EngineShared::new(config.max_tracks));
     let processor = Processor::new(
         config.sample_rate,
@@ -89,6 +90,23 @@ pub fn engine(config: EngineConfig) -> (Processor, EngineHandle, rtrb::Consumer<
         shared,
     };
     (processor, handle, marker_rx)
+}
+
+/// A ring of `capacity` slots whose memory has been written once, for a producer on the
+/// audio thread. A new allocation is only address space until first written: the kernel maps
+/// each page on its first write, a page fault that may wait for the process's memory-map lock.
+/// Written here, off the audio thread, those faults never land in the callback (and with the
+/// process memory locked, the pages stay). The ring is empty: the writes are never committed.
+/// **Not** real-time safe (allocates, faults the pages in).
+pub fn touched_ring<T>(capacity: usize) -> (rtrb::Producer<T>, rtrb::Consumer<T>) {
+    let (mut producer, consumer) = rtrb::RingBuffer::new(capacity);
+    if let Ok(mut chunk) = producer.write_chunk_uninit(capacity) {
+        let (first, second) = chunk.as_mut_slices();
+        for slot in first.iter_mut().chain(second) {
+            *slot = MaybeUninit::zeroed();
+        }
+    }
+    (producer, consumer)
 }
 
 /// The control side of an engine: sends commands, receives events. Not used on the real-time

@@ -845,3 +845,50 @@ fn streams_and_taps_come_back_when_detached_refused_or_orphaned() {
         .iter()
         .any(|e| matches!(e, EngineToControl::TrackRetired { track: 0, .. })));
 }
+
+/// How many of the pages `slots` spans are resident (by `mincore`), and how many it spans.
+fn resident_pages<T>(slots: &[T]) -> (usize, usize) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let start = slots.as_ptr() as usize / page * page;
+    let end = (slots.as_ptr() as usize + std::mem::size_of_val(slots)).div_ceil(page) * page;
+    let pages = (end - start) / page;
+    let mut residency = vec![0u8; pages];
+    // SAFETY: `start..end` covers only pages of the live allocation behind `slots`, and
+    // `residency` has one byte per page, as mincore writes.
+    let rc = unsafe {
+        libc::mincore(
+            start as *mut libc::c_void,
+            end - start,
+            residency.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    (residency.iter().filter(|&&r| r & 1 == 1).count(), pages)
+}
+
+#[test]
+fn touched_ring_is_resident_and_empty() {
+    // 64 MiB: above glibc's largest mmap threshold, so a fresh mapping whose pages are not
+    // resident until written (the untouched ring below shows it).
+    const SLOTS: usize = 16 << 20;
+    let (mut producer, consumer) = touched_ring::<f32>(SLOTS);
+    assert_eq!(consumer.slots(), 0, "nothing was committed");
+    assert_eq!(producer.slots(), SLOTS);
+    let mut chunk = producer.write_chunk_uninit(SLOTS).unwrap();
+    let (first, second) = chunk.as_mut_slices();
+    assert!(second.is_empty());
+    let (resident, pages) = resident_pages(first);
+    assert_eq!(
+        resident, pages,
+        "every page of the touched ring is resident"
+    );
+
+    let (mut untouched, _consumer) = rtrb::RingBuffer::<f32>::new(SLOTS);
+    let mut chunk = untouched.write_chunk_uninit(SLOTS).unwrap();
+    let (resident, pages) = resident_pages(chunk.as_mut_slices().0);
+    assert!(
+        resident < pages / 2,
+        "a plain ring starts mostly unmapped ({resident} of {pages} pages resident)"
+    );
+}
