@@ -17,7 +17,6 @@ mod test_rig;
 #[cfg(test)]
 mod tests;
 
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 pub use messages::*;
@@ -96,14 +95,19 @@ pub fn engine(config: EngineConfig) -> (Processor, EngineHandle, rtrb::Consumer<
 /// audio thread. A new allocation is only address space until first written: the kernel maps
 /// each page on its first write, a page fault that may wait for the process's memory-map lock.
 /// Written here, off the audio thread, those faults never land in the callback (and with the
-/// process memory locked, the pages stay). The ring is empty: the writes are never committed.
-/// **Not** real-time safe (allocates, faults the pages in).
+/// process memory locked, the pages stay). The bytes written are not zero, so that neither
+/// the compiler (an allocation followed by zeroes is a `calloc`) nor the kernel (all-zero
+/// pages of a huge page may go back to the shared zero page) can undo the writing. The ring
+/// is empty: the writes are never committed. **Not** real-time safe (allocates, faults the
+/// pages in).
 pub fn touched_ring<T>(capacity: usize) -> (rtrb::Producer<T>, rtrb::Consumer<T>) {
     let (mut producer, consumer) = rtrb::RingBuffer::new(capacity);
     if let Ok(mut chunk) = producer.write_chunk_uninit(capacity) {
         let (first, second) = chunk.as_mut_slices();
-        for slot in first.iter_mut().chain(second) {
-            *slot = MaybeUninit::zeroed();
+        for slots in [first, second] {
+            // SAFETY: `slots` is writable memory of the ring, and any bytes are a valid
+            // `MaybeUninit<T>`; the slots are never committed, so never read as a `T`.
+            unsafe { std::ptr::write_bytes(slots.as_mut_ptr(), 0x55, slots.len()) };
         }
     }
     (producer, consumer)
