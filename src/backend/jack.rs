@@ -18,6 +18,7 @@
 //! control's threads.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,16 +29,20 @@ use jack::{
 };
 
 use super::ports::{
-    self, lock, parse_input, read_or_last, track_port_names, try_lock, HostedNode, NodeCommand,
+    self, lock, parse_input, read_or_last, track_port_names, try_lock, ChunkOutputs, CycleBuffers,
+    HostedNode, NodeCommand, TrackBuffers,
 };
 use super::{
-    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, RunningBackend,
-    TransportMode, TransportRequest,
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
+    RunningBackend, TransportMode, TransportRequest,
 };
-use crate::engine::{AudioInputs, ProcessContext, Processor, TrackOutputs, NO_INPUT};
+use crate::engine::{Processor, TrackOutputs, NO_INPUT};
 
 /// Sessions one client can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
+/// Frames per processor call (the size of the input and master buffers); longer periods run in
+/// chunks.
+const CHUNK_FRAMES: usize = 2048;
 /// Capacity of the command and hand-back queues between control and the process callback.
 const QUEUE: usize = 1024;
 /// How often a lost server is looked for.
@@ -50,56 +55,61 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(2);
 const AUDIO_TYPE: &str = "32 bit float mono audio";
 
 /// The ports of one track, moved into the process callback: inputs, and the direct outputs
-/// when `jack.direct_outs` is on.
+/// when `jack.direct_outs` is on; with the inputs' buffers of the current period.
 struct TrackPorts {
     ports: [Option<jack::Port<AudioIn>>; 2],
     outs: Option<[jack::Port<AudioOut>; 2]>,
+    buffers: CycleBuffers,
 }
 
-/// The tracks' input ports as the processor's inputs: channel `2 × slot + c` is channel `c` of
-/// track `slot`, read straight from JACK's port buffer (silence where a track has no port).
-/// Real-time safe.
-struct PortInputs<'s> {
-    tracks: &'s [Option<Box<TrackPorts>>],
-    scope: &'s ProcessScope,
-}
-
-impl AudioInputs for PortInputs<'_> {
-    fn channel_count(&self) -> usize {
-        2 * self.tracks.len()
-    }
-
-    fn channel(&self, index: usize) -> &[f32] {
-        let port = self
-            .tracks
-            .get(index / 2)
-            .and_then(|track| track.as_ref()?.ports[index % 2].as_ref());
-        port.map_or(&[], |port| port.as_slice(self.scope))
+impl TrackBuffers for TrackPorts {
+    fn cycle_buffers(&self) -> &CycleBuffers {
+        &self.buffers
     }
 }
 
-/// The direct outputs of a node's tracks for one period. Real-time safe.
+/// The direct outputs of a node's tracks for one chunk of a period. Real-time safe.
 struct DirectOuts<'s> {
     tracks: &'s [Option<Box<TrackPorts>>],
     scope: &'s ProcessScope,
+    range: Range<usize>,
 }
 
 impl TrackOutputs for DirectOuts<'_> {
     fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])> {
         let [left, right] = self.tracks.get(slot)?.as_ref()?.outs.as_ref()?;
         let frames = self.scope.n_frames();
-        // SAFETY: JACK gives each output port a buffer of its own for the period, `frames`
-        // samples long, valid until the process callback returns and written only by this
-        // callback. `Port::as_mut_slice` would need the port table mutably while the inputs
-        // read it this period (they never touch output ports). The two slices are different
-        // ports' buffers, and they borrow `self` mutably: no other slice from this
-        // `DirectOuts` lives meanwhile.
-        unsafe {
-            Some((
-                std::slice::from_raw_parts_mut(left.buffer(frames).cast(), frames as usize),
-                std::slice::from_raw_parts_mut(right.buffer(frames).cast(), frames as usize),
-            ))
-        }
+        // SAFETY: both are this client's registered ports, so inside its process callback
+        // `jack_port_get_buffer` gives each a buffer of its own of the period's `frames`
+        // samples (checked for null), valid until the callback returns. `Port::as_mut_slice`
+        // would need the port table mutably, which `run_cycle` reads the inputs' buffers from
+        // meanwhile. An input linked only to one of these outputs may share its buffer:
+        // `run_cycle` copies the inputs and lets go of them before the processor runs. The two
+        // slices borrow `self` mutably, so no other slice from this `DirectOuts` lives
+        // meanwhile.
+        let (left, right) = unsafe {
+            let (left, right) = (
+                left.buffer(frames).cast::<f32>(),
+                right.buffer(frames).cast::<f32>(),
+            );
+            if left.is_null() || right.is_null() {
+                return None;
+            }
+            (
+                std::slice::from_raw_parts_mut(left, frames as usize),
+                std::slice::from_raw_parts_mut(right, frames as usize),
+            )
+        };
+        Some((
+            left.get_mut(self.range.clone())?,
+            right.get_mut(self.range.clone())?,
+        ))
+    }
+}
+
+impl ChunkOutputs for DirectOuts<'_> {
+    fn set_chunk(&mut self, range: Range<usize>) {
+        self.range = range;
     }
 }
 
@@ -109,18 +119,24 @@ struct Node {
     tracks: Box<[Option<Box<TrackPorts>>]>,
     /// `None` while the node waits for a server (its ports died with the last one).
     master: Option<[jack::Port<AudioOut>; 2]>,
+    /// The tracks' inputs as copied from their ports at the start of each chunk.
+    inputs: PlanarInputs,
+    /// Where the processor mixes the master before it is copied to the ports.
+    scratch: [Box<[f32]>; 2],
 }
 
 impl Node {
-    /// Runs the processor over the period, reading the tracks' port buffers in place (the
-    /// processor splits a period longer than its own maximum). **Real-time safe**.
+    /// Runs the processor over the period ([`ports::run_cycle`]) on the tracks' port buffers
+    /// and the master's, and the direct outputs. **Real-time safe**.
     fn run(&mut self, scope: &ProcessScope) {
         let Node {
             processor,
             tracks,
             master,
+            inputs,
+            scratch,
         } = self;
-        let Some([left_port, right_port]) = master else {
+        let Some([left, right]) = master else {
             return;
         };
         // Direct outputs start silent: a track installed in the processor after its ports
@@ -130,15 +146,37 @@ impl Node {
                 port.as_mut_slice(scope).fill(0.0);
             }
         }
-        let inputs = PortInputs { tracks, scope };
-        let mut direct = DirectOuts { tracks, scope };
-        processor.process(&mut ProcessContext {
-            frames: scope.n_frames() as usize,
-            inputs: &inputs,
-            master_left: left_port.as_mut_slice(scope),
-            master_right: right_port.as_mut_slice(scope),
-            track_outputs: Some(&mut direct),
-        });
+        for track in tracks.iter_mut().flatten() {
+            let TrackPorts { ports, buffers, .. } = &mut **track;
+            for (port, buffer) in ports.iter().zip(buffers.0.iter_mut()) {
+                *buffer = port
+                    .as_ref()
+                    .map_or(std::ptr::null(), |port| port.as_slice(scope).as_ptr());
+            }
+        }
+        let master = [
+            left.as_mut_slice(scope).as_mut_ptr(),
+            right.as_mut_slice(scope).as_mut_ptr(),
+        ];
+        let mut direct = DirectOuts {
+            tracks,
+            scope,
+            range: 0..0,
+        };
+        // SAFETY: every track's buffers were set above from slices of the period's frames,
+        // and the master pointers come from slices of the master ports' buffers of the period,
+        // which no other reference points into during the call.
+        unsafe {
+            ports::run_cycle(
+                processor,
+                tracks,
+                scope.n_frames() as usize,
+                inputs,
+                master,
+                scratch,
+                Some(&mut direct),
+            )
+        };
     }
 }
 
@@ -613,6 +651,11 @@ impl JackGraph {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
+            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
+            scratch: [
+                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
+                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
+            ],
         });
         if let Err(rtrb::PushError::Full(command)) = connection
             .commands
@@ -1078,6 +1121,7 @@ fn register_track(
     let mut ports = TrackPorts {
         ports: [None, None],
         outs: None,
+        buffers: CycleBuffers::default(),
     };
     if direct_outs {
         let [left, right] = track_out_names(prefix, track);

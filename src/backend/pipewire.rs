@@ -46,17 +46,19 @@ use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
 use super::ports::{
-    self, lock, parse_input, read_or_last, track_port_names, HostedNode, NodeCommand,
+    self, lock, parse_input, read_or_last, track_port_names, CycleBuffers, HostedNode, NodeCommand,
+    TrackBuffers,
 };
 use super::{
-    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, RunningBackend,
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
     TransportRequest,
 };
-use crate::engine::{AudioInputs, ProcessContext, Processor, NO_INPUT};
+use crate::engine::{Processor, NO_INPUT};
 
 /// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
-/// Frames of the master per processor call (its scratch buffers); longer quanta run in chunks.
+/// Frames per processor call (the size of the input and master buffers); longer cycles run in
+/// chunks.
 const CHUNK_FRAMES: usize = 2048;
 /// The most frames a DSP port buffer holds (pw_filter's `MAX_SAMPLES`); longer cycles are cut.
 const MAX_DSP_FRAMES: usize = 8192;
@@ -108,19 +110,14 @@ impl PortHandle {
 /// The input ports of one track, moved into the process callback, with the cycle's buffers.
 struct TrackPorts {
     ports: [Option<PortHandle>; 2],
-    /// This cycle's DSP buffers (set at the start of every cycle, null when absent).
-    buffers: [*const f32; 2],
+    buffers: CycleBuffers,
 }
-
-// SAFETY: `buffers` holds pointers only during one cycle on the data thread; between cycles they
-// are stale and never read (every cycle sets them first). `ports` is `Send`.
-unsafe impl Send for TrackPorts {}
 
 impl TrackPorts {
     fn new(ports: [Option<PortHandle>; 2]) -> Self {
         TrackPorts {
             ports,
-            buffers: [ptr::null(); 2],
+            buffers: CycleBuffers::default(),
         }
     }
 
@@ -129,35 +126,9 @@ impl TrackPorts {
     }
 }
 
-/// The tracks' input ports as the processor's inputs for one chunk of a cycle: channel
-/// `2 × slot + c` is channel `c` of track `slot`, read straight from the cycle's DSP buffer
-/// from frame `offset` on (silence where a track has no port or PipeWire gave no buffer).
-/// Real-time safe.
-struct CycleInputs<'a> {
-    tracks: &'a [Option<Box<TrackPorts>>],
-    offset: usize,
-    frames: usize,
-}
-
-impl AudioInputs for CycleInputs<'_> {
-    fn channel_count(&self) -> usize {
-        2 * self.tracks.len()
-    }
-
-    fn channel(&self, index: usize) -> &[f32] {
-        let Some(ports) = self.tracks.get(index / 2).and_then(Option::as_deref) else {
-            return &[];
-        };
-        let channel = index % 2;
-        let source = ports.buffers[channel];
-        if ports.ports[channel].is_none() || source.is_null() {
-            return &[];
-        }
-        // SAFETY: `buffers` were set at the start of this cycle (`Node::run`), and PipeWire's
-        // DSP buffer holds at least the cycle's frames (clamped to `MAX_DSP_FRAMES`), of
-        // which `offset + frames` is at most; no one writes an input port's buffer during
-        // the cycle.
-        unsafe { std::slice::from_raw_parts(source.add(self.offset), self.frames) }
+impl TrackBuffers for TrackPorts {
+    fn cycle_buffers(&self) -> &CycleBuffers {
+        &self.buffers
     }
 }
 
@@ -166,57 +137,35 @@ struct Node {
     processor: Processor,
     tracks: Box<[Option<Box<TrackPorts>>]>,
     master: [PortHandle; 2],
+    /// The tracks' inputs as copied from their ports at the start of each chunk.
+    inputs: PlanarInputs,
     /// Where the processor writes the master before it is copied to the ports.
     scratch: [Box<[f32]>; 2],
 }
 
 impl Node {
-    /// Runs the processor over the cycle in chunks of [`CHUNK_FRAMES`], reading the tracks'
-    /// DSP buffers in place, and copies the master to its ports. **Real-time safe**.
+    /// Runs the processor over the cycle ([`ports::run_cycle`]) on the tracks' DSP buffers
+    /// and the master's. **Real-time safe**.
     fn run(&mut self, frames: usize) {
         let frames = frames.min(MAX_DSP_FRAMES);
         let Node {
             processor,
             tracks,
             master,
+            inputs,
             scratch,
         } = self;
         for ports in tracks.iter_mut().flatten() {
             let TrackPorts { ports, buffers } = &mut **ports;
-            for (port, buffer) in ports.iter().zip(buffers.iter_mut()) {
+            for (port, buffer) in ports.iter().zip(buffers.0.iter_mut()) {
                 *buffer = port.map_or(ptr::null(), |p| p.buffer(frames).cast_const());
             }
         }
-        let outputs = [master[0].buffer(frames), master[1].buffer(frames)];
-        let [left, right] = scratch;
-        let mut done = 0;
-        while done < frames {
-            let len = (frames - done).min(CHUNK_FRAMES);
-            let (Some(left), Some(right)) = (left.get_mut(..len), right.get_mut(..len)) else {
-                return;
-            };
-            processor.process(&mut ProcessContext {
-                frames: len,
-                inputs: &CycleInputs {
-                    tracks,
-                    offset: done,
-                    frames: len,
-                },
-                master_left: left,
-                master_right: right,
-                track_outputs: None,
-            });
-            for (output, mix) in outputs.iter().zip([&*left, &*right]) {
-                if !output.is_null() {
-                    // SAFETY: PipeWire's DSP buffer holds at least `frames` samples for this
-                    // cycle (clamped to `MAX_DSP_FRAMES`), `done + len <= frames`, and only
-                    // this callback writes an output port's buffer during the cycle.
-                    let output = unsafe { std::slice::from_raw_parts_mut(output.add(done), len) };
-                    output.copy_from_slice(mix);
-                }
-            }
-            done += len;
-        }
+        let master = [master[0].buffer(frames), master[1].buffer(frames)];
+        // SAFETY: every track's buffers were set above for this cycle, and PipeWire's DSP
+        // buffers (inputs and the master's, null where absent) hold at least `frames` samples
+        // (clamped to `MAX_DSP_FRAMES`); nothing else refers to the master's buffers.
+        unsafe { ports::run_cycle(processor, tracks, frames, inputs, master, scratch, None) };
     }
 }
 
@@ -1264,6 +1213,7 @@ impl PipeWireGraph {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
+            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
             scratch: [
                 vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
                 vec![0.0; CHUNK_FRAMES].into_boxed_slice(),

@@ -1,10 +1,12 @@
 //! What the graphs with ports per track (JACK, PipeWire) share: the input-word grammar, the
 //! port names, the node table their process callbacks keep (commands in, retired things out),
-//! and running a node's processor while its server is gone. Only [`apply_commands`] is
-//! real-time code.
+//! running a node's processor over a cycle ([`run_cycle`]) and while its server is gone
+//! ([`run_silent`]). [`apply_commands`] and [`run_cycle`] are real-time code.
 
-use super::BackendError;
-use crate::engine::{AudioInputs, ProcessContext, Processor};
+use std::ops::Range;
+
+use super::{BackendError, PlanarInputs};
+use crate::engine::{AudioInputs, ProcessContext, Processor, TrackOutputs};
 
 /// Splits an input word into one group of source port names per channel: `none` (or empty),
 /// or one group per channel separated by `,`, each one or more ports separated by `+`
@@ -171,6 +173,103 @@ pub(super) fn apply_commands<N: HostedNode>(
     }
 }
 
+/// A track's input buffers for the current cycle, one per channel: set on the real-time thread
+/// at the start of every cycle (null where the track has no port or the server gave no
+/// buffer) and read by [`run_cycle`] during that cycle only.
+#[derive(Clone, Copy)]
+pub(super) struct CycleBuffers(pub [*const f32; 2]);
+
+impl Default for CycleBuffers {
+    fn default() -> Self {
+        CycleBuffers([std::ptr::null(); 2])
+    }
+}
+
+// SAFETY: the pointers are dereferenced only by `run_cycle`, on the real-time thread, during
+// the cycle that set them; moving the (stale) values between threads reads nothing.
+unsafe impl Send for CycleBuffers {}
+
+/// The ports of a track as a process callback holds them: its buffers for this cycle.
+pub(super) trait TrackBuffers {
+    fn cycle_buffers(&self) -> &CycleBuffers;
+}
+
+/// A backend's per-track outputs (JACK's direct outputs) for one chunk of a cycle at a time.
+pub(super) trait ChunkOutputs: TrackOutputs {
+    /// Makes [`TrackOutputs::track_output`] answer frames `range` of the cycle's buffers.
+    fn set_chunk(&mut self, range: Range<usize>);
+}
+
+/// Runs `processor` over a cycle of `frames` frames in chunks as long as `inputs` and the
+/// `scratch` buffers hold. Each chunk first copies every track's input buffers into `inputs`
+/// (channel `2 × slot + c` is channel `c` of track `slot`; silence where a buffer is null),
+/// then runs the processor, then copies the master from `scratch` to the `master` buffers (a
+/// null one is left out); the backend's per-track `outputs` are told each chunk's range.
+///
+/// The copy, all tracks at once before any processing, keeps the tracks aligned even when an
+/// upstream client is late and still writing its buffers while this one runs: the audio of
+/// that period is broken, but the same way in every track. Reading the ports in place while
+/// processing spread each track's read over the period, and under xruns the tracks of one take
+/// drifted a period apart. The master goes through `scratch` because an input linked to one of
+/// the node's own outputs may share that output's buffer. **Real-time safe**.
+///
+/// # Safety
+/// Every track's [`CycleBuffers`] were set in this cycle, each non-null one holding at least
+/// `frames` samples; each non-null `master` pointer may be written for `frames` samples, and
+/// no reference to those samples is alive during the call.
+pub(super) unsafe fn run_cycle<P: TrackBuffers>(
+    processor: &mut Processor,
+    tracks: &[Option<Box<P>>],
+    frames: usize,
+    inputs: &mut PlanarInputs,
+    master: [*mut f32; 2],
+    scratch: &mut [Box<[f32]>; 2],
+    mut outputs: Option<&mut dyn ChunkOutputs>,
+) {
+    let [left, right] = scratch;
+    let chunk = inputs.capacity().min(left.len()).min(right.len()).max(1);
+    let mut done = 0;
+    while done < frames {
+        let len = (frames - done).min(chunk);
+        inputs.set_frames(len);
+        for (slot, track) in tracks.iter().enumerate() {
+            let Some(track) = track else { continue };
+            for (channel, source) in track.cycle_buffers().0.iter().enumerate() {
+                let target = inputs.channel_mut(2 * slot + channel);
+                if source.is_null() {
+                    target.fill(0.0);
+                } else {
+                    // SAFETY: by the contract above a non-null buffer holds `frames` samples,
+                    // and `done + len <= frames`.
+                    let source = unsafe { std::slice::from_raw_parts(source.add(done), len) };
+                    let n = source.len().min(target.len());
+                    target[..n].copy_from_slice(&source[..n]);
+                }
+            }
+        }
+        let (left, right) = (&mut left[..len], &mut right[..len]);
+        if let Some(outputs) = outputs.as_deref_mut() {
+            outputs.set_chunk(done..done + len);
+        }
+        processor.process(&mut ProcessContext {
+            frames: len,
+            inputs,
+            master_left: left,
+            master_right: right,
+            track_outputs: outputs.as_deref_mut().map(|o| o as &mut dyn TrackOutputs),
+        });
+        for (output, mix) in master.iter().zip([&*left, &*right]) {
+            if !output.is_null() {
+                // SAFETY: by the contract above, `output` may be written for `frames` samples
+                // and `done + len <= frames`; no other reference to it is alive.
+                unsafe { std::slice::from_raw_parts_mut(output.add(done), len) }
+                    .copy_from_slice(mix);
+            }
+        }
+        done += len;
+    }
+}
+
 /// No input channels: every track reads silence.
 struct NoInputs;
 
@@ -284,5 +383,104 @@ mod tests {
         }
         assert_eq!(handed, ["ports 1", "node 5 None", "node 0 Some(2)"]);
         assert!(nodes.iter().all(Option::is_none));
+    }
+
+    /// A track's ports as plain buffers.
+    struct Buffers(CycleBuffers);
+
+    impl TrackBuffers for Buffers {
+        fn cycle_buffers(&self) -> &CycleBuffers {
+            &self.0
+        }
+    }
+
+    /// Per-track outputs over plain buffers, answering the chunk's range like JACK's.
+    struct Outs {
+        left: Vec<f32>,
+        right: Vec<f32>,
+        range: Range<usize>,
+        chunks: Vec<Range<usize>>,
+    }
+
+    impl TrackOutputs for Outs {
+        fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])> {
+            (slot == 1).then_some(())?;
+            let range = self.range.clone();
+            Some((&mut self.left[range.clone()], &mut self.right[range]))
+        }
+    }
+
+    impl ChunkOutputs for Outs {
+        fn set_chunk(&mut self, range: Range<usize>) {
+            self.chunks.push(range.clone());
+            self.range = range;
+        }
+    }
+
+    #[test]
+    fn run_cycle_carries_every_frame_through_chunks_and_splits() {
+        use crate::engine::{engine, ControlToEngine, EngineConfig, Monitoring, TrackParams};
+        // The processor splits at 64 frames, the inputs and scratch at 40: a 150-frame cycle
+        // crosses both.
+        let (mut processor, mut handle, _markers) = engine(EngineConfig::new(48_000, 64, 2));
+        let (capture, _ring) = rtrb::RingBuffer::new(1024);
+        let params = TrackParams {
+            channels: 1,
+            input: [3, 0],
+            armed: true,
+            input_gain: 1.0,
+            level: 1.0,
+            pan: -1.0,
+            muted: false,
+            soloed: false,
+            monitoring: Monitoring::Input,
+        };
+        let slot = Box::new(crate::engine::TrackSlot { params, capture });
+        assert!(handle
+            .send(ControlToEngine::InstallTrack { track: 1, slot })
+            .is_ok());
+
+        const FRAMES: usize = 150;
+        let ramp: Vec<f32> = (0..FRAMES).map(|i| i as f32 / 1000.0).collect();
+        let noise = vec![9.0f32; FRAMES];
+        // The mono track in slot 1 reads input 3, slot 1's second buffer (the ramp); input 2,
+        // the first, holds noise that must not reach the mix.
+        let tracks = vec![
+            None,
+            Some(Box::new(Buffers(CycleBuffers([
+                noise.as_ptr(),
+                ramp.as_ptr(),
+            ])))),
+        ];
+        let mut master = [vec![-1.0f32; FRAMES], vec![-1.0f32; FRAMES]];
+        let mut scratch = [
+            vec![0.0; 40].into_boxed_slice(),
+            vec![0.0; 40].into_boxed_slice(),
+        ];
+        let mut outs = Outs {
+            left: vec![-1.0; FRAMES],
+            right: vec![-1.0; FRAMES],
+            range: 0..0,
+            chunks: Vec::new(),
+        };
+        // SAFETY: the track's buffers and the master hold FRAMES samples, alive and otherwise
+        // unreferenced for the call.
+        unsafe {
+            run_cycle(
+                &mut processor,
+                &tracks,
+                FRAMES,
+                &mut PlanarInputs::new(4, 40),
+                [master[0].as_mut_ptr(), master[1].as_mut_ptr()],
+                &mut scratch,
+                Some(&mut outs),
+            )
+        };
+        assert_eq!(outs.chunks, [0..40, 40..80, 80..120, 120..150]);
+        // Panned hard left at unity: the left master and direct output carry the ramp itself.
+        assert_eq!(master[0], ramp);
+        assert!(master[1].iter().all(|&s| s.abs() < 1e-6), "{:?}", master[1]);
+        assert_eq!(outs.left, ramp);
+        assert!(outs.right.iter().all(|&s| s.abs() < 1e-6));
     }
 }
