@@ -120,11 +120,16 @@ fn record_and_verify(period: u32) {
             );
         }
     } else {
-        // An xrun may break the tones (JACK hands a late client's buffer on as it is), in every
-        // track alike. Window by window: wherever all three show their tones, they show them
-        // from one common feeder frame; and they show them most of the time.
+        // An xrun may break the tones (JACK hands a late client's buffer on as it is). Window
+        // by window: wherever all three show their tones, they show them from one common
+        // feeder frame, but for the periods an xrun broke: a feeder late past its deadline may
+        // still be writing its ports while overdub copies them, leaving one track a period
+        // behind for that period (seen with hundreds of xruns at 64 frames, before and after
+        // overdub copied all inputs at once). At most two windows per xrun, and a tenth of the
+        // windows, may show that; the tones are there most of the time.
         let frames = wavs[0].frames();
         let mut complete = 0;
+        let mut out_of_step = Vec::new();
         let windows: Vec<usize> = (0..frames.saturating_sub(64)).step_by(256).collect();
         for &from in &windows {
             let phases: Vec<Option<u64>> = tracks
@@ -135,12 +140,19 @@ fn record_and_verify(period: u32) {
                 .collect();
             if phases.iter().all(Option::is_some) {
                 complete += 1;
-                assert!(
-                    phases.windows(2).all(|pair| pair[0] == pair[1]),
-                    "period {period}: at frame {from} the tracks are out of step: {phases:?} ({xruns} xruns)"
-                );
+                if !phases.windows(2).all(|pair| pair[0] == pair[1]) {
+                    out_of_step.push((from, phases));
+                }
             }
         }
+        let bound = (2 * xruns as usize).min(complete / 10);
+        assert!(
+            out_of_step.len() <= bound,
+            "period {period}: {} of {complete} windows have the tracks out of step, at most \
+             {bound} allowed ({xruns} xruns); the first: {:?}",
+            out_of_step.len(),
+            out_of_step.first()
+        );
         assert!(
             complete * 2 >= windows.len(),
             "period {period}: the tones are in only {complete} of {} windows ({xruns} xruns)",
