@@ -111,9 +111,13 @@ impl ChunkOutputs for DirectOuts<'_> {
     fn set_chunk(&mut self, range: Range<usize>) {
         self.range = range;
     }
+
+    fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs {
+        self
+    }
 }
 
-/// One session in the process callback: its processor and its ports.
+/// One session in the process callback: its processor, its ports and its buffers.
 struct Node {
     processor: Processor,
     tracks: Box<[Option<Box<TrackPorts>>]>,
@@ -146,31 +150,34 @@ impl Node {
                 port.as_mut_slice(scope).fill(0.0);
             }
         }
+        let frames = scope.n_frames();
+        // SAFETY (the three `Port::buffer` calls below): these are this client's registered
+        // ports and this is its process callback, where `jack_port_get_buffer` answers the
+        // period's buffer of each (or null, which `run_cycle` treats as absent). Raw pointers,
+        // not the crate's slices, so nothing holds a reference that an input sharing one of
+        // the node's own outputs would alias.
         for track in tracks.iter_mut().flatten() {
             let TrackPorts { ports, buffers, .. } = &mut **track;
             for (port, buffer) in ports.iter().zip(buffers.0.iter_mut()) {
-                *buffer = port
-                    .as_ref()
-                    .map_or(std::ptr::null(), |port| port.as_slice(scope).as_ptr());
+                *buffer = port.as_ref().map_or(std::ptr::null(), |port| unsafe {
+                    port.buffer(frames).cast::<f32>().cast_const()
+                });
             }
         }
-        let master = [
-            left.as_mut_slice(scope).as_mut_ptr(),
-            right.as_mut_slice(scope).as_mut_ptr(),
-        ];
+        let master = [left, right].map(|port| unsafe { port.buffer(frames).cast::<f32>() });
         let mut direct = DirectOuts {
             tracks,
             scope,
             range: 0..0,
         };
-        // SAFETY: every track's buffers were set above from slices of the period's frames,
-        // and the master pointers come from slices of the master ports' buffers of the period,
-        // which no other reference points into during the call.
+        // SAFETY: every track's buffers were set above to the period's port buffers (JACK's
+        // are aligned floats, `frames` long), and so were the master's, which no reference
+        // points into during the call.
         unsafe {
             ports::run_cycle(
                 processor,
                 tracks,
-                scope.n_frames() as usize,
+                frames as usize,
                 inputs,
                 master,
                 scratch,

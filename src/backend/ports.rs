@@ -198,6 +198,8 @@ pub(super) trait TrackBuffers {
 pub(super) trait ChunkOutputs: TrackOutputs {
     /// Makes [`TrackOutputs::track_output`] answer frames `range` of the cycle's buffers.
     fn set_chunk(&mut self, range: Range<usize>);
+    /// These outputs as the processor takes them.
+    fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs;
 }
 
 /// Runs `processor` over a cycle of `frames` frames in chunks as long as `inputs` and the
@@ -206,17 +208,21 @@ pub(super) trait ChunkOutputs: TrackOutputs {
 /// then runs the processor, then copies the master from `scratch` to the `master` buffers (a
 /// null one is left out); the backend's per-track `outputs` are told each chunk's range.
 ///
-/// The copy, all tracks at once before any processing, keeps the tracks aligned even when an
-/// upstream client is late and still writing its buffers while this one runs: the audio of
-/// that period is broken, but the same way in every track. Reading the ports in place while
-/// processing spread each track's read over the period, and under xruns the tracks of one take
-/// drifted a period apart. The master goes through `scratch` because an input linked to one of
-/// the node's own outputs may share that output's buffer. **Real-time safe**.
+/// The copy takes all tracks' inputs of a chunk before any processing. An upstream client late
+/// past its deadline may still be writing its buffers while this one runs; copied together,
+/// the tracks can come out a period apart only if the copy itself meets the late writer.
+/// Reading the ports in place while processing spread each track's read over the period, and
+/// under xruns tracks of one take came out a period apart far more often. The master goes
+/// through `scratch` so the processor never holds a port buffer: a null one is simply not
+/// copied to, and no `&mut` reaches memory that an input of the node's own may share.
+/// **Real-time safe**.
 ///
 /// # Safety
-/// Every track's [`CycleBuffers`] were set in this cycle, each non-null one holding at least
-/// `frames` samples; each non-null `master` pointer may be written for `frames` samples, and
-/// no reference to those samples is alive during the call.
+/// Every track's [`CycleBuffers`] were set in this cycle, each non-null one aligned and
+/// holding at least `frames` samples (which a late upstream client may still be writing: the
+/// copy then reads a mix of two periods, the race JACK and PipeWire allow); each non-null
+/// `master` pointer is aligned, may be written for `frames` samples, and no reference to those
+/// samples is alive during the call.
 pub(super) unsafe fn run_cycle<P: TrackBuffers>(
     processor: &mut Processor,
     tracks: &[Option<Box<P>>],
@@ -227,7 +233,10 @@ pub(super) unsafe fn run_cycle<P: TrackBuffers>(
     mut outputs: Option<&mut dyn ChunkOutputs>,
 ) {
     let [left, right] = scratch;
-    let chunk = inputs.capacity().min(left.len()).min(right.len()).max(1);
+    let chunk = inputs.capacity().min(left.len()).min(right.len());
+    if chunk == 0 {
+        return;
+    }
     let mut done = 0;
     while done < frames {
         let len = (frames - done).min(chunk);
@@ -256,7 +265,7 @@ pub(super) unsafe fn run_cycle<P: TrackBuffers>(
             inputs,
             master_left: left,
             master_right: right,
-            track_outputs: outputs.as_deref_mut().map(|o| o as &mut dyn TrackOutputs),
+            track_outputs: outputs.as_deref_mut().map(|o| o.as_track_outputs()),
         });
         for (output, mix) in master.iter().zip([&*left, &*right]) {
             if !output.is_null() {
@@ -415,13 +424,17 @@ mod tests {
             self.chunks.push(range.clone());
             self.range = range;
         }
+
+        fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs {
+            self
+        }
     }
 
     #[test]
     fn run_cycle_carries_every_frame_through_chunks_and_splits() {
         use crate::engine::{engine, ControlToEngine, EngineConfig, Monitoring, TrackParams};
-        // The processor splits at 64 frames, the inputs and scratch at 40: a 150-frame cycle
-        // crosses both.
+        // The inputs and scratch take 100 frames, the processor splits at 64: a 150-frame cycle
+        // runs as 64 + 36 and 50.
         let (mut processor, mut handle, _markers) = engine(EngineConfig::new(48_000, 64, 2));
         let (capture, _ring) = rtrb::RingBuffer::new(1024);
         let params = TrackParams {
@@ -454,8 +467,8 @@ mod tests {
         ];
         let mut master = [vec![-1.0f32; FRAMES], vec![-1.0f32; FRAMES]];
         let mut scratch = [
-            vec![0.0; 40].into_boxed_slice(),
-            vec![0.0; 40].into_boxed_slice(),
+            vec![0.0; 100].into_boxed_slice(),
+            vec![0.0; 100].into_boxed_slice(),
         ];
         let mut outs = Outs {
             left: vec![-1.0; FRAMES],
@@ -470,13 +483,13 @@ mod tests {
                 &mut processor,
                 &tracks,
                 FRAMES,
-                &mut PlanarInputs::new(4, 40),
+                &mut PlanarInputs::new(4, 100),
                 [master[0].as_mut_ptr(), master[1].as_mut_ptr()],
                 &mut scratch,
                 Some(&mut outs),
             )
         };
-        assert_eq!(outs.chunks, [0..40, 40..80, 80..120, 120..150]);
+        assert_eq!(outs.chunks, [0..100, 100..150]);
         // Panned hard left at unity: the left master and direct output carry the ramp itself.
         assert_eq!(master[0], ramp);
         assert!(master[1].iter().all(|&s| s.abs() < 1e-6), "{:?}", master[1]);
