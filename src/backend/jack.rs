@@ -30,19 +30,16 @@ use jack::{
 
 use super::ports::{
     self, lock, parse_input, read_or_last, track_port_names, try_lock, ChunkOutputs, CycleBuffers,
-    HostedNode, NodeCommand, TrackBuffers,
+    HostedNode, NodeBuffers, NodeCommand, TrackBuffers,
 };
 use super::{
-    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, PlanarInputs,
-    RunningBackend, TransportMode, TransportRequest,
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, RunningBackend,
+    TransportMode, TransportRequest,
 };
 use crate::engine::{Processor, TrackOutputs, NO_INPUT};
 
 /// Sessions one client can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
-/// Frames per processor call (the size of the input and master buffers); longer periods run in
-/// chunks.
-const CHUNK_FRAMES: usize = 2048;
 /// Capacity of the command and hand-back queues between control and the process callback.
 const QUEUE: usize = 1024;
 /// How often a lost server is looked for.
@@ -123,10 +120,8 @@ struct Node {
     tracks: Box<[Option<Box<TrackPorts>>]>,
     /// `None` while the node waits for a server (its ports died with the last one).
     master: Option<[jack::Port<AudioOut>; 2]>,
-    /// The tracks' inputs as copied from their ports at the start of each chunk.
-    inputs: PlanarInputs,
-    /// Where the processor mixes the master before it is copied to the ports.
-    scratch: [Box<[f32]>; 2],
+    /// What its cycles work in.
+    buffers: NodeBuffers,
 }
 
 impl Node {
@@ -137,8 +132,7 @@ impl Node {
             processor,
             tracks,
             master,
-            inputs,
-            scratch,
+            buffers: node_buffers,
         } = self;
         let Some([left, right]) = master else {
             return;
@@ -178,9 +172,8 @@ impl Node {
                 processor,
                 tracks,
                 frames as usize,
-                inputs,
+                node_buffers,
                 master,
-                scratch,
                 Some(&mut direct),
             )
         };
@@ -658,11 +651,7 @@ impl JackGraph {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
-            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
-            scratch: [
-                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
-                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
-            ],
+            buffers: NodeBuffers::new(max_tracks),
         });
         if let Err(rtrb::PushError::Full(command)) = connection
             .commands

@@ -46,20 +46,17 @@ use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
 use super::ports::{
-    self, lock, parse_input, read_or_last, track_port_names, CycleBuffers, HostedNode, NodeCommand,
-    TrackBuffers,
+    self, lock, parse_input, read_or_last, track_port_names, CycleBuffers, HostedNode, NodeBuffers,
+    NodeCommand, TrackBuffers,
 };
 use super::{
-    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, PlanarInputs, RunningBackend,
+    BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, RunningBackend,
     TransportRequest,
 };
 use crate::engine::{Processor, NO_INPUT};
 
 /// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
-/// Frames per processor call (the size of the input and master buffers); longer cycles run in
-/// chunks.
-const CHUNK_FRAMES: usize = 2048;
 /// The most frames a DSP port buffer holds (pw_filter's `MAX_SAMPLES`); longer cycles are cut.
 const MAX_DSP_FRAMES: usize = 8192;
 /// Capacity of the command and hand-back queues between control and the process callback.
@@ -137,10 +134,8 @@ struct Node {
     processor: Processor,
     tracks: Box<[Option<Box<TrackPorts>>]>,
     master: [PortHandle; 2],
-    /// The tracks' inputs as copied from their ports at the start of each chunk.
-    inputs: PlanarInputs,
-    /// Where the processor writes the master before it is copied to the ports.
-    scratch: [Box<[f32]>; 2],
+    /// What its cycles work in.
+    buffers: NodeBuffers,
 }
 
 impl Node {
@@ -152,8 +147,7 @@ impl Node {
             processor,
             tracks,
             master,
-            inputs,
-            scratch,
+            buffers: node_buffers,
         } = self;
         for ports in tracks.iter_mut().flatten() {
             let TrackPorts { ports, buffers } = &mut **ports;
@@ -165,7 +159,7 @@ impl Node {
         // SAFETY: every track's buffers were set above for this cycle, and PipeWire's DSP
         // buffers (inputs and the master's, null where absent) hold at least `frames` samples
         // (clamped to `MAX_DSP_FRAMES`); nothing else refers to the master's buffers.
-        unsafe { ports::run_cycle(processor, tracks, frames, inputs, master, scratch, None) };
+        unsafe { ports::run_cycle(processor, tracks, frames, node_buffers, master, None) };
     }
 }
 
@@ -1213,11 +1207,7 @@ impl PipeWireGraph {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
-            inputs: PlanarInputs::new(2 * max_tracks, CHUNK_FRAMES),
-            scratch: [
-                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
-                vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
-            ],
+            buffers: NodeBuffers::new(max_tracks),
         });
         if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
             .commands

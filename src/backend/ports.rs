@@ -202,18 +202,47 @@ pub(super) trait ChunkOutputs: TrackOutputs {
     fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs;
 }
 
-/// Runs `processor` over a cycle of `frames` frames in chunks as long as `inputs` and the
-/// `scratch` buffers hold. Each chunk first copies every track's input buffers into `inputs`
-/// (channel `2 × slot + c` is channel `c` of track `slot`; silence where a buffer is null),
-/// then runs the processor, then copies the master from `scratch` to the `master` buffers (a
-/// null one is left out); the backend's per-track `outputs` are told each chunk's range.
+/// Frames per processor call of a node ([`NodeBuffers`]); longer cycles run in chunks.
+const CHUNK_FRAMES: usize = 2048;
+
+/// What a node's cycle works in, allocated with the node: the tracks' inputs as copied from
+/// their ports, and the master as the processor mixes it, [`CHUNK_FRAMES`] at a time.
+pub(super) struct NodeBuffers {
+    inputs: PlanarInputs,
+    scratch: [Box<[f32]>; 2],
+}
+
+impl NodeBuffers {
+    /// Buffers for a node of `max_tracks` tracks. **Not** real-time safe (allocates).
+    pub(super) fn new(max_tracks: usize) -> Self {
+        NodeBuffers::with_chunk(max_tracks, CHUNK_FRAMES)
+    }
+
+    /// Buffers for chunks of `chunk` frames (at least 1).
+    fn with_chunk(max_tracks: usize, chunk: usize) -> Self {
+        let chunk = chunk.max(1);
+        NodeBuffers {
+            inputs: PlanarInputs::new(2 * max_tracks, chunk),
+            scratch: [
+                vec![0.0; chunk].into_boxed_slice(),
+                vec![0.0; chunk].into_boxed_slice(),
+            ],
+        }
+    }
+}
+
+/// Runs `processor` over a cycle of `frames` frames, a chunk of `buffers` at a time. Each
+/// chunk first copies every track's input buffers into the node's inputs (channel `2 × slot +
+/// c` is channel `c` of track `slot`; silence where a buffer is null), then runs the processor
+/// into the node's scratch master, then copies that to the `master` buffers (a null one is
+/// left out); the backend's per-track `outputs` are told each chunk's range.
 ///
 /// The copy takes all tracks' inputs of a chunk before any processing. An upstream client late
 /// past its deadline may still be writing its buffers while this one runs; copied together,
 /// the tracks can come out a period apart only if the copy itself meets the late writer.
 /// Reading the ports in place while processing spread each track's read over the period, and
 /// under xruns tracks of one take came out a period apart far more often. The master goes
-/// through `scratch` so the processor never holds a port buffer: a null one is simply not
+/// through the scratch buffers so the processor never holds a port buffer: a null one is simply not
 /// copied to, and no `&mut` reaches memory that an input of the node's own may share.
 /// **Real-time safe**.
 ///
@@ -227,16 +256,15 @@ pub(super) unsafe fn run_cycle<P: TrackBuffers>(
     processor: &mut Processor,
     tracks: &[Option<Box<P>>],
     frames: usize,
-    inputs: &mut PlanarInputs,
+    buffers: &mut NodeBuffers,
     master: [*mut f32; 2],
-    scratch: &mut [Box<[f32]>; 2],
     mut outputs: Option<&mut dyn ChunkOutputs>,
 ) {
-    let [left, right] = scratch;
-    let chunk = inputs.capacity().min(left.len()).min(right.len());
-    if chunk == 0 {
-        return;
-    }
+    let NodeBuffers {
+        inputs,
+        scratch: [left, right],
+    } = buffers;
+    let chunk = inputs.capacity();
     let mut done = 0;
     while done < frames {
         let len = (frames - done).min(chunk);
@@ -433,7 +461,7 @@ mod tests {
     #[test]
     fn run_cycle_carries_every_frame_through_chunks_and_splits() {
         use crate::engine::{engine, ControlToEngine, EngineConfig, Monitoring, TrackParams};
-        // The inputs and scratch take 100 frames, the processor splits at 64: a 150-frame cycle
+        // The node's buffers take 100 frames, the processor splits at 64: a 150-frame cycle
         // runs as 64 + 36 and 50.
         let (mut processor, mut handle, _markers) = engine(EngineConfig::new(48_000, 64, 2));
         let (capture, _ring) = rtrb::RingBuffer::new(1024);
@@ -466,10 +494,6 @@ mod tests {
             ])))),
         ];
         let mut master = [vec![-1.0f32; FRAMES], vec![-1.0f32; FRAMES]];
-        let mut scratch = [
-            vec![0.0; 100].into_boxed_slice(),
-            vec![0.0; 100].into_boxed_slice(),
-        ];
         let mut outs = Outs {
             left: vec![-1.0; FRAMES],
             right: vec![-1.0; FRAMES],
@@ -483,9 +507,8 @@ mod tests {
                 &mut processor,
                 &tracks,
                 FRAMES,
-                &mut PlanarInputs::new(4, 100),
+                &mut NodeBuffers::with_chunk(2, 100),
                 [master[0].as_mut_ptr(), master[1].as_mut_ptr()],
-                &mut scratch,
                 Some(&mut outs),
             )
         };
