@@ -122,6 +122,9 @@ struct Node {
     master: Option<[jack::Port<AudioOut>; 2]>,
     /// What its cycles work in.
     buffers: NodeBuffers,
+    /// Whether its tracks get direct outputs (`jack.direct_outs`): without them the processor
+    /// is given no per-track outputs to ask for.
+    direct_outs: bool,
 }
 
 impl Node {
@@ -133,6 +136,7 @@ impl Node {
             tracks,
             master,
             buffers: node_buffers,
+            direct_outs,
         } = self;
         let Some([left, right]) = master else {
             return;
@@ -153,9 +157,9 @@ impl Node {
         for track in tracks.iter_mut().flatten() {
             let TrackPorts { ports, buffers, .. } = &mut **track;
             for (port, buffer) in ports.iter().zip(buffers.0.iter_mut()) {
-                *buffer = port.as_ref().map_or(std::ptr::null(), |port| unsafe {
-                    port.buffer(frames).cast::<f32>().cast_const()
-                });
+                *buffer = port
+                    .as_ref()
+                    .map(|port| unsafe { port.buffer(frames).cast::<f32>().cast_const() });
             }
         }
         let master = [left, right].map(|port| unsafe { port.buffer(frames).cast::<f32>() });
@@ -174,7 +178,7 @@ impl Node {
                 frames as usize,
                 node_buffers,
                 master,
-                Some(&mut direct),
+                direct_outs.then_some(&mut direct as &mut dyn ChunkOutputs),
             )
         };
     }
@@ -652,6 +656,7 @@ impl JackGraph {
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
             buffers: NodeBuffers::new(max_tracks),
+            direct_outs: self.direct_outs,
         });
         if let Err(rtrb::PushError::Full(command)) = connection
             .commands

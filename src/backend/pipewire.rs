@@ -152,7 +152,7 @@ impl Node {
         for ports in tracks.iter_mut().flatten() {
             let TrackPorts { ports, buffers } = &mut **ports;
             for (port, buffer) in ports.iter().zip(buffers.0.iter_mut()) {
-                *buffer = port.map_or(ptr::null(), |p| p.buffer(frames).cast_const());
+                *buffer = port.map(|p| p.buffer(frames).cast_const());
             }
         }
         let master = [master[0].buffer(frames), master[1].buffer(frames)];

@@ -174,16 +174,11 @@ pub(super) fn apply_commands<N: HostedNode>(
 }
 
 /// A track's input buffers for the current cycle, one per channel: set on the real-time thread
-/// at the start of every cycle (null where the track has no port or the server gave no
-/// buffer) and read by [`run_cycle`] during that cycle only.
-#[derive(Clone, Copy)]
-pub(super) struct CycleBuffers(pub [*const f32; 2]);
-
-impl Default for CycleBuffers {
-    fn default() -> Self {
-        CycleBuffers([std::ptr::null(); 2])
-    }
-}
+/// at the start of every cycle and read by [`run_cycle`] during that cycle only. `None` where
+/// the track has no port (a mono track's second channel, which nothing reads, so nothing is
+/// copied); null where the server gave a port no buffer (read as silence).
+#[derive(Clone, Copy, Default)]
+pub(super) struct CycleBuffers(pub [Option<*const f32>; 2]);
 
 // SAFETY: the pointers are dereferenced only by `run_cycle`, on the real-time thread, during
 // the cycle that set them; moving the (stale) values between threads reads nothing.
@@ -233,7 +228,8 @@ impl NodeBuffers {
 
 /// Runs `processor` over a cycle of `frames` frames, a chunk of `buffers` at a time. Each
 /// chunk first copies every track's input buffers into the node's inputs (channel `2 × slot +
-/// c` is channel `c` of track `slot`; silence where a buffer is null), then runs the processor
+/// c` is channel `c` of track `slot`; silence where a buffer is null, untouched where the track
+/// has no such port), then runs the processor
 /// into the node's scratch master, then copies that to the `master` buffers (a null one is
 /// left out); the backend's per-track `outputs` are told each chunk's range.
 ///
@@ -272,6 +268,7 @@ pub(super) unsafe fn run_cycle<P: TrackBuffers>(
         for (slot, track) in tracks.iter().enumerate() {
             let Some(track) = track else { continue };
             for (channel, source) in track.cycle_buffers().0.iter().enumerate() {
+                let Some(source) = *source else { continue };
                 let target = inputs.channel_mut(2 * slot + channel);
                 if source.is_null() {
                     target.fill(0.0);
@@ -489,8 +486,8 @@ mod tests {
         let tracks = vec![
             None,
             Some(Box::new(Buffers(CycleBuffers([
-                noise.as_ptr(),
-                ramp.as_ptr(),
+                Some(noise.as_ptr()),
+                Some(ramp.as_ptr()),
             ])))),
         ];
         let mut master = [vec![-1.0f32; FRAMES], vec![-1.0f32; FRAMES]];
