@@ -35,7 +35,7 @@ use super::{
     resolve_input, AlsaOutput, AlsaSettings, BackendError, BackendEvent, BackendInfo, DeviceInfo,
     Direction, PlanarInputs, RunningBackend, TransportRequest,
 };
-use crate::engine::{ProcessContext, Processor};
+use crate::engine::{touched_zeros, ProcessContext, Processor};
 
 /// Frames deinterleaved per processor call; longer cpal buffers are run in chunks.
 pub const CHUNK_FRAMES: usize = 2048;
@@ -403,8 +403,8 @@ impl CaptureCallback {
         CaptureCallback {
             processor: Some(processor),
             inputs: PlanarInputs::new(channels, CHUNK_FRAMES),
-            left: vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
-            right: vec![0.0; CHUNK_FRAMES].into_boxed_slice(),
+            left: touched_zeros(CHUNK_FRAMES),
+            right: touched_zeros(CHUNK_FRAMES),
             channels,
             master,
             signals,

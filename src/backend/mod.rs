@@ -26,7 +26,7 @@ use std::fmt;
 #[cfg(any(feature = "jack", feature = "pipewire"))]
 use std::sync::Arc;
 
-use crate::engine::{AudioInputs, Processor, NO_INPUT};
+use crate::engine::{touched_zeros, AudioInputs, Processor, NO_INPUT};
 use virtual_graph::{start_virtual, virtual_devices, VirtualConfig};
 
 /// Why a backend refused or failed.
@@ -566,7 +566,7 @@ impl PlanarInputs {
     /// Allocates silent buffers. **Not** real-time safe.
     pub fn new(channels: usize, capacity: usize) -> Self {
         PlanarInputs {
-            samples: vec![0.0; channels * capacity].into_boxed_slice(),
+            samples: touched_zeros(channels * capacity),
             channels,
             capacity,
             frames: 0,

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use super::{BackendError, PlanarInputs};
-use crate::engine::{AudioInputs, ProcessContext, Processor, TrackOutputs};
+use crate::engine::{touched_zeros, AudioInputs, ProcessContext, Processor, TrackOutputs};
 
 /// Splits an input word into one group of source port names per channel: `none` (or empty),
 /// or one group per channel separated by `,`, each one or more ports separated by `+`
@@ -218,10 +218,7 @@ impl NodeBuffers {
         let chunk = chunk.max(1);
         NodeBuffers {
             inputs: PlanarInputs::new(2 * max_tracks, chunk),
-            scratch: [
-                vec![0.0; chunk].into_boxed_slice(),
-                vec![0.0; chunk].into_boxed_slice(),
-            ],
+            scratch: [touched_zeros(chunk), touched_zeros(chunk)],
         }
     }
 }

@@ -113,6 +113,22 @@ pub fn touched_ring<T>(capacity: usize) -> (rtrb::Producer<T>, rtrb::Consumer<T>
     (producer, consumer)
 }
 
+/// `len` zeroed samples whose every page has been written once, for a buffer the audio thread
+/// works in: like [`touched_ring`], this takes the page faults of the first writes here, off
+/// the audio thread. **Not** real-time safe (allocates, faults the pages in).
+pub fn touched_zeros(len: usize) -> Box<[f32]> {
+    let mut buffer = Vec::<f32>::with_capacity(len);
+    for slot in buffer.spare_capacity_mut() {
+        // SAFETY: `slot` is valid, aligned memory of the allocation. The writes are volatile so
+        // that the compiler can neither drop them nor turn the allocation and its zeroes into
+        // one zeroed allocation, whose fresh pages would stay unmapped until first written.
+        unsafe { std::ptr::write_volatile(slot.as_mut_ptr(), 0.0) };
+    }
+    // SAFETY: the loop above initialized every slot of the capacity, which is at least `len`.
+    unsafe { buffer.set_len(len) };
+    buffer.into_boxed_slice()
+}
+
 /// The control side of an engine: sends commands, receives events. Not used on the real-time
 /// thread; every method is lock-free and non-blocking.
 pub struct EngineHandle {

@@ -268,9 +268,9 @@ impl Processor {
             tracks,
             rejected_install: None,
             scratch: Scratch {
-                left: vec![0.0; max_period].into_boxed_slice(),
-                right: vec![0.0; max_period].into_boxed_slice(),
-                interleaved: vec![0.0; 2 * max_period].into_boxed_slice(),
+                left: super::touched_zeros(max_period),
+                right: super::touched_zeros(max_period),
+                interleaved: super::touched_zeros(2 * max_period),
             },
             taps: Default::default(),
             handbacks,

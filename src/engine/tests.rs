@@ -892,3 +892,21 @@ fn touched_ring_is_resident_and_empty() {
         "a plain ring starts mostly unmapped ({resident} of {pages} pages resident)"
     );
 }
+
+#[test]
+fn touched_zeros_are_resident_and_zero() {
+    // 64 MiB: a fresh mapping, like the plain allocation below, not resident until written.
+    const SAMPLES: usize = 16 << 20;
+    let buffer = touched_zeros(SAMPLES);
+    assert_eq!(buffer.len(), SAMPLES);
+    let (resident, pages) = resident_pages(&buffer);
+    assert_eq!(resident, pages, "every page of the buffer is resident");
+    assert!(buffer.iter().all(|&s| s == 0.0));
+
+    let mut plain = Vec::<f32>::with_capacity(SAMPLES);
+    let (resident, pages) = resident_pages(plain.spare_capacity_mut());
+    assert!(
+        resident < pages / 2,
+        "a plain allocation starts mostly unmapped ({resident} of {pages} pages resident)"
+    );
+}
