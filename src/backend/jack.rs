@@ -655,7 +655,10 @@ impl JackGraph {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
-            buffers: NodeBuffers::new(max_tracks),
+            buffers: NodeBuffers::new(
+                max_tracks,
+                connection.signals.period.load(Ordering::Relaxed) as usize,
+            ),
             direct_outs: self.direct_outs,
         });
         if let Err(rtrb::PushError::Full(command)) = connection

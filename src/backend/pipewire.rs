@@ -1198,6 +1198,7 @@ impl PipeWireGraph {
             prefix = format!("{base}-{n}");
             n += 1;
         }
+        let period = period_of(&state) as usize;
         let connection = state
             .connection
             .as_mut()
@@ -1207,7 +1208,7 @@ impl PipeWireGraph {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
-            buffers: NodeBuffers::new(max_tracks),
+            buffers: NodeBuffers::new(max_tracks, period),
         });
         if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
             .commands

@@ -197,20 +197,27 @@ pub(super) trait ChunkOutputs: TrackOutputs {
     fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs;
 }
 
-/// Frames per processor call of a node ([`NodeBuffers`]); longer cycles run in chunks.
-const CHUNK_FRAMES: usize = 2048;
+/// The shortest and longest chunk a node's buffers take ([`NodeBuffers::new`]).
+const CHUNK_FRAMES: std::ops::RangeInclusive<usize> = 256..=2048;
 
 /// What a node's cycle works in, allocated with the node: the tracks' inputs as copied from
-/// their ports, and the master as the processor mixes it, [`CHUNK_FRAMES`] at a time.
+/// their ports, and the master as the processor mixes it, one chunk of a cycle at a time.
 pub(super) struct NodeBuffers {
     inputs: PlanarInputs,
     scratch: [Box<[f32]>; 2],
 }
 
 impl NodeBuffers {
-    /// Buffers for a node of `max_tracks` tracks. **Not** real-time safe (allocates).
-    pub(super) fn new(max_tracks: usize) -> Self {
-        NodeBuffers::with_chunk(max_tracks, CHUNK_FRAMES)
+    /// Buffers for a node of `max_tracks` tracks on a server running `period`-frame cycles:
+    /// chunks of that period, within [`CHUNK_FRAMES`]. All of it is written once here, so
+    /// sized to the period it is no larger than a cycle needs (128 KiB of inputs for 64 tracks
+    /// at 256 frames); a longer cycle later simply runs in more chunks. **Not** real-time safe
+    /// (allocates).
+    pub(super) fn new(max_tracks: usize, period: usize) -> Self {
+        NodeBuffers::with_chunk(
+            max_tracks,
+            period.clamp(*CHUNK_FRAMES.start(), *CHUNK_FRAMES.end()),
+        )
     }
 
     /// Buffers for chunks of `chunk` frames (at least 1).
