@@ -1,7 +1,7 @@
 //! Recording from JACK ports: a private dummy jackd at 64 and at 256 frames, a feeder client
 //! with a distinct tone on each of three outputs patched into three tracks with the CLI, and an
 //! impulse at one frame on two of them. Every take holds its tone sample for sample, and the
-//! impulse sits at the same index in both files.
+//! impulse sits at the same index in both files; also when the period grows mid-take.
 #![cfg(feature = "jack")]
 
 mod common;
@@ -12,14 +12,19 @@ use common::*;
 /// Tone channels (frequencies 200 + 20 × channel Hz) of the feeder's three outputs.
 const CHANNELS: [usize; 3] = [3, 7, 11];
 
+/// At 64 and 256 frames, then with the server's period growing from 256 to 4096 frames during
+/// the take: overdub's node was made for 256-frame cycles and then runs each in sixteen chunks.
+/// (One test: the feeder finds its server through the process-wide `JACK_DEFAULT_SERVER`.)
 #[test]
-fn each_port_is_recorded_sample_aligned_at_64_and_256_frames() {
-    for period in [64, 256] {
-        record_and_verify(period);
+fn each_port_is_recorded_sample_aligned_at_64_and_256_frames_and_when_the_period_grows() {
+    for (period, grow_to) in [(64, None), (256, None), (256, Some(4096))] {
+        record_and_verify(period, grow_to);
     }
 }
 
-fn record_and_verify(period: u32) {
+/// Records the feeder's ports on a server of `period` frames and checks the takes; with
+/// `grow_to`, the server's period changes to that a quarter second into the take.
+fn record_and_verify(period: u32, grow_to: Option<u32>) {
     let server = JackServer::start(period);
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(
@@ -60,7 +65,15 @@ fn record_and_verify(period: u32) {
     }
 
     daemon.cli(&["record"]);
-    sleep(0.5);
+    sleep(0.25);
+    if let Some(frames) = grow_to {
+        server.set_period(frames);
+        wait_for(
+            || daemon.cli_json(&["status", "--json"])["bufferSize"] == frames,
+            "the daemon sees the new period",
+        );
+    }
+    sleep(0.25);
     let impulse = feeder.impulse_in(u64::from(RATE) / 4);
     // Stop once the feeder is a quarter second past the impulse (JACK's clock, not ours).
     wait_for(

@@ -29,10 +29,15 @@ pub struct JackServer {
 }
 
 impl JackServer {
-    /// Starts a server named after this test process and points this process's JACK clients
-    /// at it (`JACK_DEFAULT_SERVER`).
+    /// Starts a server named after this test process (and how many it started before) and
+    /// points this process's JACK clients at it (`JACK_DEFAULT_SERVER`).
     pub fn start(period: u32) -> JackServer {
-        let name = format!("overdub-test-{}-{period}", std::process::id());
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "overdub-test-{}-{}-{period}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        );
         std::env::set_var("JACK_DEFAULT_SERVER", &name);
         let mut server = JackServer {
             child: None,
@@ -90,6 +95,23 @@ impl JackServer {
             .output()
             .expect("jack_lsp must be installed (jackd2)");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Changes the server's period with `jack_bufsize` (clients get JACK's buffer-size
+    /// callback).
+    pub fn set_period(&self, frames: u32) {
+        let ok = Command::new("jack_bufsize")
+            .arg(frames.to_string())
+            .env("JACK_DEFAULT_SERVER", &self.name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("jack_bufsize must be installed (jackd2)");
+        assert!(
+            ok.success(),
+            "jack_bufsize {frames} failed on {}",
+            self.name
+        );
     }
 
     /// Waits until `jack_lsp` lists `port`.
