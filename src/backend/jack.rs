@@ -151,7 +151,8 @@ impl Node {
         let frames = scope.n_frames();
         // SAFETY (the three `Port::buffer` calls below): these are this client's registered
         // ports and this is its process callback, where `jack_port_get_buffer` answers the
-        // period's buffer of each (or null, which `run_cycle` treats as absent). Raw pointers,
+        // period's buffer of each (or null: `run_cycle` reads a null input as silence and
+        // leaves a null master buffer out). Raw pointers,
         // not the crate's slices, so nothing holds a reference that an input sharing one of
         // the node's own outputs would alias.
         for track in tracks.iter_mut().flatten() {
@@ -195,6 +196,10 @@ impl HostedNode for Node {
 
     fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<TrackPorts>>> {
         self.tracks.get_mut(slot)
+    }
+
+    fn silence_track(&mut self, slot: usize) {
+        self.buffers.silence_track(slot);
     }
 }
 

@@ -588,6 +588,18 @@ impl PlanarInputs {
         self.frames = frames.min(self.capacity);
     }
 
+    /// Writes silence over all of channel `index` (every frame it may hold; nothing for an
+    /// unknown channel). Real-time safe.
+    pub fn silence(&mut self, index: usize) {
+        if index >= self.channels {
+            return;
+        }
+        let start = index * self.capacity;
+        if let Some(channel) = self.samples.get_mut(start..start + self.capacity) {
+            channel.fill(0.0);
+        }
+    }
+
     /// Channel `index` for writing (`frames()` long; empty for an unknown channel).
     /// Real-time safe.
     pub fn channel_mut(&mut self, index: usize) -> &mut [f32] {

@@ -175,6 +175,10 @@ impl HostedNode for Node {
     fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<TrackPorts>>> {
         self.tracks.get_mut(slot)
     }
+
+    fn silence_track(&mut self, slot: usize) {
+        self.buffers.silence_track(slot);
+    }
 }
 
 /// The real-time side: the nodes and the queues.

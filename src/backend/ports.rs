@@ -109,6 +109,9 @@ pub(super) trait HostedNode {
     type Ports;
     /// The port-set cell of track `slot`, if the node has that slot. Real-time safe.
     fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<Self::Ports>>>;
+    /// Writes silence over track `slot`'s input channels in the node's buffers
+    /// ([`NodeBuffers::silence_track`]). Real-time safe.
+    fn silence_track(&mut self, slot: usize);
 }
 
 /// Commands from control to a process callback's node table.
@@ -156,12 +159,17 @@ pub(super) fn apply_commands<N: HostedNode>(
                 .and_then(Option::take)
                 .map(|node| Retired::Node { index, node }),
             NodeCommand::SetTrack { index, slot, ports } => {
-                let cell = nodes
-                    .get_mut(index)
-                    .and_then(|node| node.as_mut())
-                    .and_then(|node| node.track_ports(slot));
-                match cell {
-                    Some(cell) => std::mem::replace(cell, ports).map(Retired::Track),
+                match nodes.get_mut(index).and_then(|node| node.as_deref_mut()) {
+                    Some(node) => match node.track_ports(slot) {
+                        Some(cell) => {
+                            let old = std::mem::replace(cell, ports);
+                            // A channel the new ports lack is not copied each cycle: it reads
+                            // as silence, not as what the slot's last ports left there.
+                            node.silence_track(slot);
+                            old.map(Retired::Track)
+                        }
+                        None => ports.map(Retired::Track),
+                    },
                     None => ports.map(Retired::Track),
                 }
             }
@@ -211,13 +219,21 @@ impl NodeBuffers {
     /// Buffers for a node of `max_tracks` tracks on a server running `period`-frame cycles:
     /// chunks of that period, within [`CHUNK_FRAMES`]. All of it is written once here, so
     /// sized to the period it is no larger than a cycle needs (128 KiB of inputs for 64 tracks
-    /// at 256 frames); a longer cycle later simply runs in more chunks. **Not** real-time safe
+    /// at 256 frames). A longer cycle later runs in more chunks, and [`run_cycle`] then copies
+    /// all tracks' inputs at once per chunk rather than per cycle. **Not** real-time safe
     /// (allocates).
     pub(super) fn new(max_tracks: usize, period: usize) -> Self {
         NodeBuffers::with_chunk(
             max_tracks,
             period.clamp(*CHUNK_FRAMES.start(), *CHUNK_FRAMES.end()),
         )
+    }
+
+    /// Writes silence over all of track `slot`'s input channels. **Real-time safe**.
+    pub(super) fn silence_track(&mut self, slot: usize) {
+        for channel in [2 * slot, 2 * slot + 1] {
+            self.inputs.silence(channel);
+        }
     }
 
     /// Buffers for chunks of `chunk` frames (at least 1).
@@ -371,12 +387,16 @@ mod tests {
 
     struct TestNode {
         tracks: Vec<Option<Box<u8>>>,
+        silenced: Vec<usize>,
     }
 
     impl HostedNode for TestNode {
         type Ports = u8;
         fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<u8>>> {
             self.tracks.get_mut(slot)
+        }
+        fn silence_track(&mut self, slot: usize) {
+            self.silenced.push(slot);
         }
     }
 
@@ -388,6 +408,7 @@ mod tests {
         let node = |ports: Option<u8>| {
             Box::new(TestNode {
                 tracks: vec![ports.map(Box::new), None],
+                silenced: Vec::new(),
             })
         };
         for command in [
@@ -414,12 +435,15 @@ mod tests {
             apply_commands(&mut nodes, &mut commands, &mut retired);
             while let Ok(item) = back.pop() {
                 handed.push(match item {
-                    Retired::Node { index, node } => format!("node {index} {:?}", node.tracks[0]),
+                    Retired::Node { index, node } => {
+                        format!("node {index} {:?} {:?}", node.tracks[0], node.silenced)
+                    }
                     Retired::Track(ports) => format!("ports {ports}"),
                 });
             }
         }
-        assert_eq!(handed, ["ports 1", "node 5 None", "node 0 Some(2)"]);
+        // Swapping track 0's ports silenced its input channels.
+        assert_eq!(handed, ["ports 1", "node 5 None []", "node 0 Some(2) [0]"]);
         assert!(nodes.iter().all(Option::is_none));
     }
 
@@ -519,5 +543,42 @@ mod tests {
         assert!(master[1].iter().all(|&s| s.abs() < 1e-6), "{:?}", master[1]);
         assert_eq!(outs.left, ramp);
         assert!(outs.right.iter().all(|&s| s.abs() < 1e-6));
+    }
+
+    #[test]
+    fn run_cycle_reads_a_null_buffer_as_silence_and_leaves_a_missing_port_alone() {
+        let (mut processor, _handle, _markers) =
+            crate::engine::engine(crate::engine::EngineConfig::new(48_000, 64, 2));
+        let mut buffers = NodeBuffers::with_chunk(2, 64);
+        buffers.inputs.set_frames(64);
+        for channel in 0..4 {
+            buffers.inputs.channel_mut(channel).fill(7.0);
+        }
+        // Slot 0: a port the server gave no buffer, and no second port.
+        let tracks = vec![
+            Some(Box::new(Buffers(CycleBuffers([
+                Some(std::ptr::null()),
+                None,
+            ])))),
+            None,
+        ];
+        // SAFETY: no buffer is dereferenced: the track's one pointer and the master's are null.
+        unsafe {
+            run_cycle(
+                &mut processor,
+                &tracks,
+                64,
+                &mut buffers,
+                [std::ptr::null_mut(); 2],
+                None,
+            )
+        };
+        assert!(buffers.inputs.channel(0).iter().all(|&s| s == 0.0));
+        assert!(buffers.inputs.channel(1).iter().all(|&s| s == 7.0));
+
+        // New ports in the slot: both of its channels read as silence until copied into.
+        buffers.silence_track(0);
+        assert!(buffers.inputs.channel(1).iter().all(|&s| s == 0.0));
+        assert!(buffers.inputs.channel(2).iter().all(|&s| s == 7.0));
     }
 }

@@ -115,7 +115,10 @@ pub fn touched_ring<T>(capacity: usize) -> (rtrb::Producer<T>, rtrb::Consumer<T>
 
 /// `len` zeroed samples whose every page has been written once, for a buffer the audio thread
 /// works in: like [`touched_ring`], this takes the page faults of the first writes here, off
-/// the audio thread. **Not** real-time safe (allocates, faults the pages in).
+/// the audio thread. Unlike the ring's pattern these bytes are zeros, since the buffers must
+/// start silent: where the kernel backs one with a transparent huge page and later splits it,
+/// it may map its all-zero pages back to the shared zero page, and the next write there faults
+/// again. **Not** real-time safe (allocates, faults the pages in).
 pub fn touched_zeros(len: usize) -> Box<[f32]> {
     let mut buffer = Vec::<f32>::with_capacity(len);
     for slot in buffer.spare_capacity_mut() {
