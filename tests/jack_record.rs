@@ -82,6 +82,17 @@ fn record_and_verify(period: u32, grow_to: Option<u32>) {
     );
     let metrics = daemon.cli_json(&["stop", "--json"]);
 
+    if grow_to.is_none() {
+        // The dummy driver's capture ports report one period of latency; overdub's own period
+        // comes on top: two periods from input to processing.
+        let latency = metrics["averageLatency"].as_f64().unwrap();
+        let expected = f64::from(2 * period) * 1000.0 / f64::from(RATE);
+        assert!(
+            (latency - expected).abs() < 1e-6,
+            "period {period}: averageLatency {latency} ms, expected {expected}"
+        );
+    }
+
     let takes = daemon.takes();
     assert_eq!(takes.len(), 3, "{takes:?}");
     let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();

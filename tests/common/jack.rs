@@ -162,6 +162,8 @@ struct FeederProcess {
     next_cycle: Option<u32>,
     /// Cycles the server ran without this client (its frame time jumped).
     missed: Arc<AtomicU64>,
+    /// Microseconds the next cycle sleeps before writing (then back to 0).
+    stall_us: Arc<AtomicU64>,
 }
 
 /// Value of an impulse the feeder puts on its first two outputs.
@@ -174,6 +176,10 @@ impl jack::ProcessHandler for FeederProcess {
             self.missed.fetch_add(1, Ordering::Relaxed);
         }
         self.next_cycle = Some(cycle.wrapping_add(scope.n_frames()));
+        let stall = self.stall_us.swap(0, Ordering::Relaxed);
+        if stall > 0 {
+            std::thread::sleep(Duration::from_micros(stall));
+        }
         let start = self.frame.load(Ordering::Relaxed);
         let impulse = self.impulse_at.load(Ordering::Relaxed);
         for (index, (port, signal)) in self.outs.iter_mut().zip(&self.signals).enumerate() {
@@ -201,6 +207,7 @@ pub struct Feeder {
     frame: Arc<AtomicU64>,
     impulse_at: Arc<AtomicU64>,
     missed: Arc<AtomicU64>,
+    stall_us: Arc<AtomicU64>,
 }
 
 impl Feeder {
@@ -217,6 +224,7 @@ impl Feeder {
         let frame = Arc::new(AtomicU64::new(0));
         let impulse_at = Arc::new(AtomicU64::new(u64::MAX));
         let missed = Arc::new(AtomicU64::new(0));
+        let stall_us = Arc::new(AtomicU64::new(0));
         let process = FeederProcess {
             outs,
             signals: signals.to_vec(),
@@ -224,6 +232,7 @@ impl Feeder {
             impulse_at: Arc::clone(&impulse_at),
             next_cycle: None,
             missed: Arc::clone(&missed),
+            stall_us: Arc::clone(&stall_us),
         };
         let client = client.activate_async((), process).unwrap();
         Feeder {
@@ -231,7 +240,15 @@ impl Feeder {
             frame,
             impulse_at,
             missed,
+            stall_us,
         }
+    }
+
+    /// Makes the feeder's next cycle sleep `time` before writing: far past a period, the
+    /// server reports an xrun to every client.
+    pub fn stall(&self, time: Duration) {
+        self.stall_us
+            .store(time.as_micros().max(1) as u64, Ordering::Relaxed);
     }
 
     /// Cycles the server ran without the feeder since it started: each leaves a period of
