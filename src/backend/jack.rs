@@ -152,9 +152,8 @@ impl Node {
         // SAFETY (the three `Port::buffer` calls below): these are this client's registered
         // ports and this is its process callback, where `jack_port_get_buffer` answers the
         // period's buffer of each (or null: `run_cycle` reads a null input as silence and
-        // leaves a null master buffer out). Raw pointers,
-        // not the crate's slices, so nothing holds a reference that an input sharing one of
-        // the node's own outputs would alias.
+        // leaves a null master buffer out). Raw pointers, not the crate's slices, so nothing
+        // holds a reference that an input sharing one of the node's own outputs would alias.
         for track in tracks.iter_mut().flatten() {
             let TrackPorts { ports, buffers, .. } = &mut **track;
             for (port, buffer) in ports.iter().zip(buffers.0.iter_mut()) {
