@@ -13,7 +13,8 @@ use common::*;
 const CHANNELS: [usize; 3] = [3, 7, 11];
 
 /// At 64 and 256 frames, then with the server's period growing from 256 to 4096 frames during
-/// the take: overdub's node was made for 256-frame cycles and then runs each in sixteen chunks.
+/// the take: overdub's node, made for 256-frame cycles, runs each longer one in sixteen chunks
+/// until it gets buffers for 2048-frame chunks.
 /// (One test: the feeder finds its server through the process-wide `JACK_DEFAULT_SERVER`.)
 #[test]
 fn each_port_is_recorded_sample_aligned_at_64_and_256_frames_and_when_the_period_grows() {
@@ -90,6 +91,17 @@ fn record_and_verify(period: u32, grow_to: Option<u32>) {
         assert!(
             (latency - expected).abs() < 1e-6,
             "period {period}: averageLatency {latency} ms, expected {expected}"
+        );
+    }
+
+    if grow_to.is_some() {
+        // The node got buffers for the longer cycles (2 048 frames, the longest chunk).
+        assert!(
+            daemon
+                .log()
+                .contains("a node's buffers grow to 2048-frame chunks"),
+            "{}",
+            daemon.log()
         );
     }
 

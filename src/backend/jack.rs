@@ -197,8 +197,8 @@ impl HostedNode for Node {
         self.tracks.get_mut(slot)
     }
 
-    fn silence_track(&mut self, slot: usize) {
-        self.buffers.silence_track(slot);
+    fn buffers(&mut self) -> &mut NodeBuffers {
+        &mut self.buffers
     }
 }
 
@@ -355,6 +355,8 @@ struct TrackMeta {
 struct NodeMeta {
     prefix: String,
     max_tracks: usize,
+    /// Frames of the chunks its buffers take (grown with the server's period).
+    chunk: usize,
     tracks: BTreeMap<usize, TrackMeta>,
     /// Server losses and returns this session has not polled yet.
     lost_pending: bool,
@@ -655,14 +657,16 @@ impl JackGraph {
             .as_mut()
             .ok_or_else(|| BackendError::failed("the JACK server is gone"))?;
         let master = Some(register_master(connection.client.as_client(), &prefix)?);
+        let buffers = NodeBuffers::new(
+            max_tracks,
+            connection.signals.period.load(Ordering::Relaxed) as usize,
+        );
+        let chunk = buffers.chunk();
         let node = Box::new(Node {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
-            buffers: NodeBuffers::new(
-                max_tracks,
-                connection.signals.period.load(Ordering::Relaxed) as usize,
-            ),
+            buffers,
             direct_outs: self.direct_outs,
         });
         if let Err(rtrb::PushError::Full(command)) = connection
@@ -679,6 +683,7 @@ impl JackGraph {
         state.nodes[index] = Some(NodeMeta {
             prefix,
             max_tracks,
+            chunk,
             tracks: BTreeMap::new(),
             lost_pending: false,
             restored_pending: false,
@@ -696,11 +701,13 @@ impl JackGraph {
     }
 
     /// Housekeeping, run every [`SERVICE_INTERVAL`] by the graph's own thread (never on the
-    /// control runtime: reconnecting blocks on the server): unregisters retired ports, notices
-    /// a lost server and parks the rescued nodes, looks for the server when it is gone, and
-    /// attaches the parked nodes to it when it is back.
+    /// control runtime: reconnecting blocks on the server): unregisters retired ports, grows
+    /// the nodes' buffers to the period, notices a lost server and parks the rescued nodes,
+    /// looks for the server when it is gone, and attaches the parked nodes to it when it is
+    /// back.
     fn service(&self, state: &mut GraphState) {
         collect_retired(state);
+        grow_buffers(state);
         mark_touched(state);
         connect_appeared(state, self.direct_outs);
         let lost = state
@@ -1014,6 +1021,27 @@ fn connect_appeared(state: &mut GraphState, direct_outs: bool) {
     }
 }
 
+/// Gives every node in the process callback buffers for the server's period when it outgrew
+/// theirs ([`ports::grow_node_buffers`]), so each cycle's inputs are copied at once again.
+fn grow_buffers(state: &mut GraphState) {
+    let Some(connection) = state.connection.as_mut() else {
+        return;
+    };
+    let period = connection.signals.period.load(Ordering::Relaxed) as usize;
+    for (index, meta) in state.nodes.iter_mut().enumerate() {
+        let Some(meta) = meta.as_mut() else { continue };
+        if !meta.awaiting_attach && state.parked[index].is_none() {
+            ports::grow_node_buffers(
+                &mut connection.commands,
+                index,
+                meta.max_tracks,
+                &mut meta.chunk,
+                period,
+            );
+        }
+    }
+}
+
 /// Takes what the process callback handed back: unregisters retired ports, parks detached
 /// nodes, and frees the nodes no session waits for.
 fn collect_retired(state: &mut GraphState) {
@@ -1023,6 +1051,7 @@ fn collect_retired(state: &mut GraphState) {
     while let Ok(retired) = connection.retired.pop() {
         match retired {
             Retired::Track(ports) => unregister_track(connection.client.as_client(), *ports),
+            Retired::Buffers(buffers) => drop(buffers),
             Retired::Node { index, node } => {
                 if let Some(at) = state.abandoned.iter().position(|&i| i == index) {
                     state.abandoned.remove(at);

@@ -176,8 +176,8 @@ impl HostedNode for Node {
         self.tracks.get_mut(slot)
     }
 
-    fn silence_track(&mut self, slot: usize) {
-        self.buffers.silence_track(slot);
+    fn buffers(&mut self) -> &mut NodeBuffers {
+        &mut self.buffers
     }
 }
 
@@ -994,6 +994,8 @@ struct TrackMeta {
 struct NodeMeta {
     prefix: String,
     max_tracks: usize,
+    /// Frames of the chunks its buffers take (grown with the server's quantum).
+    chunk: usize,
     tracks: BTreeMap<usize, TrackMeta>,
     /// Server losses and returns this session has not polled yet.
     lost_pending: bool,
@@ -1208,11 +1210,13 @@ impl PipeWireGraph {
             .as_mut()
             .ok_or_else(|| BackendError::failed("the PipeWire server is gone"))?;
         let master = add_master(connection, &prefix)?;
+        let buffers = NodeBuffers::new(max_tracks, period);
+        let chunk = buffers.chunk();
         let node = Box::new(Node {
             processor,
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
-            buffers: NodeBuffers::new(max_tracks, period),
+            buffers,
         });
         if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
             .commands
@@ -1225,6 +1229,7 @@ impl PipeWireGraph {
         state.nodes[index] = Some(NodeMeta {
             prefix,
             max_tracks,
+            chunk,
             tracks: BTreeMap::new(),
             lost_pending: false,
             restored_pending: false,
@@ -1237,13 +1242,15 @@ impl PipeWireGraph {
     }
 
     /// Housekeeping, called with the state locked by every session poll: removes retired
-    /// ports, notices a lost server and parks the rescued nodes, and looks for a lost server.
+    /// ports, grows the nodes' buffers to the quantum, notices a lost server and parks the
+    /// rescued nodes, and looks for a lost server.
     fn service(&self, state: &mut GraphState) {
         let mut lost = false;
         if let Some(connection) = state.connection.as_mut() {
             while let Ok(retired) = connection.retired.pop() {
                 match retired {
                     Retired::Track(ports) => connection.remove_ports(ports.handles()),
+                    Retired::Buffers(buffers) => drop(buffers),
                     Retired::Node { index, node } => {
                         if let Some(at) = state.abandoned.iter().position(|&i| i == index) {
                             state.abandoned.remove(at);
@@ -1257,6 +1264,21 @@ impl PipeWireGraph {
             lost = connection.lost();
             if !lost {
                 connection.prune_links();
+                // Buffers for the quantum when it outgrew a node's, so each cycle's inputs
+                // are copied at once again.
+                let period = connection.signals.period.load(Ordering::Relaxed) as usize;
+                for (index, meta) in state.nodes.iter_mut().enumerate() {
+                    let Some(meta) = meta.as_mut() else { continue };
+                    if state.parked[index].is_none() {
+                        ports::grow_node_buffers(
+                            &mut connection.commands,
+                            index,
+                            meta.max_tracks,
+                            &mut meta.chunk,
+                            period,
+                        );
+                    }
+                }
             }
         }
         if lost {

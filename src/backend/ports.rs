@@ -109,9 +109,8 @@ pub(super) trait HostedNode {
     type Ports;
     /// The port-set cell of track `slot`, if the node has that slot. Real-time safe.
     fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<Self::Ports>>>;
-    /// Writes silence over track `slot`'s input channels in the node's buffers
-    /// ([`NodeBuffers::silence_track`]). Real-time safe.
-    fn silence_track(&mut self, slot: usize);
+    /// What the node's cycles work in. Real-time safe.
+    fn buffers(&mut self) -> &mut NodeBuffers;
 }
 
 /// Commands from control to a process callback's node table.
@@ -126,6 +125,38 @@ pub(super) enum NodeCommand<N, P> {
         slot: usize,
         ports: Option<Box<P>>,
     },
+    /// Replaces the buffers of node `index` (made for the server's longer cycles).
+    SetBuffers {
+        index: usize,
+        buffers: Box<NodeBuffers>,
+    },
+}
+
+/// Sends node `index`, whose buffers take `chunk` frames, buffers for the server's
+/// `period`-frame cycles when they outgrew its own ([`NodeBuffers::grown`]); `chunk` follows
+/// once the command is queued (a full queue is tried again at the next call). **Not**
+/// real-time safe (allocates).
+pub(super) fn grow_node_buffers<N>(
+    commands: &mut rtrb::Producer<NodeCommand<N, impl Sized>>,
+    index: usize,
+    max_tracks: usize,
+    chunk: &mut usize,
+    period: usize,
+) {
+    if let Some(buffers) = NodeBuffers::grown(max_tracks, *chunk, period) {
+        let grown = buffers.chunk();
+        if commands
+            .push(NodeCommand::SetBuffers { index, buffers })
+            .is_ok()
+        {
+            tracing::info!(
+                node = index,
+                period,
+                "a node's buffers grow to {grown}-frame chunks for the server's longer cycles"
+            );
+            *chunk = grown;
+        }
+    }
 }
 
 /// What a process callback hands back to be freed (or unregistered) off the real-time thread.
@@ -134,6 +165,8 @@ pub(super) enum Retired<N, P> {
     Node { index: usize, node: Box<N> },
     /// A track's replaced ports.
     Track(Box<P>),
+    /// A node's replaced buffers.
+    Buffers(Box<NodeBuffers>),
 }
 
 /// Applies queued commands to `nodes` while the hand-back queue has room for what they
@@ -165,13 +198,19 @@ pub(super) fn apply_commands<N: HostedNode>(
                             let old = std::mem::replace(cell, ports);
                             // A channel the new ports lack is not copied each cycle: it reads
                             // as silence, not as what the slot's last ports left there.
-                            node.silence_track(slot);
+                            node.buffers().silence_track(slot);
                             old.map(Retired::Track)
                         }
                         None => ports.map(Retired::Track),
                     },
                     None => ports.map(Retired::Track),
                 }
+            }
+            NodeCommand::SetBuffers { index, mut buffers } => {
+                if let Some(node) = nodes.get_mut(index).and_then(|node| node.as_deref_mut()) {
+                    std::mem::swap(node.buffers(), &mut *buffers);
+                }
+                Some(Retired::Buffers(buffers))
             }
         };
         if let Some(out) = out {
@@ -220,13 +259,27 @@ impl NodeBuffers {
     /// chunks of that period, within [`CHUNK_FRAMES`]. All of it is written once here, so
     /// sized to the period it is no larger than a cycle needs (128 KiB of inputs for 64 tracks
     /// at 256 frames). A longer cycle later runs in more chunks, and [`run_cycle`] then copies
-    /// all tracks' inputs at once per chunk rather than per cycle. **Not** real-time safe
-    /// (allocates).
+    /// all tracks' inputs at once per chunk rather than per cycle, until the backend swaps in
+    /// [`grown`](Self::grown) buffers. **Not** real-time safe (allocates).
     pub(super) fn new(max_tracks: usize, period: usize) -> Self {
         NodeBuffers::with_chunk(
             max_tracks,
             period.clamp(*CHUNK_FRAMES.start(), *CHUNK_FRAMES.end()),
         )
+    }
+
+    /// Buffers for a node whose buffers take `chunk` frames, now that the server runs
+    /// `period`-frame cycles: `Some` when those are longer and a longer chunk is possible, so
+    /// that [`run_cycle`] copies all tracks' inputs of a cycle at once again. **Not** real-time
+    /// safe (allocates).
+    pub(super) fn grown(max_tracks: usize, chunk: usize, period: usize) -> Option<Box<Self>> {
+        (period > chunk && chunk < *CHUNK_FRAMES.end())
+            .then(|| Box::new(NodeBuffers::new(max_tracks, period)))
+    }
+
+    /// Frames of each chunk these buffers take.
+    pub(super) fn chunk(&self) -> usize {
+        self.inputs.capacity()
     }
 
     /// Writes silence over all of track `slot`'s input channels. **Real-time safe**.
@@ -387,7 +440,7 @@ mod tests {
 
     struct TestNode {
         tracks: Vec<Option<Box<u8>>>,
-        silenced: Vec<usize>,
+        buffers: NodeBuffers,
     }
 
     impl HostedNode for TestNode {
@@ -395,22 +448,34 @@ mod tests {
         fn track_ports(&mut self, slot: usize) -> Option<&mut Option<Box<u8>>> {
             self.tracks.get_mut(slot)
         }
-        fn silence_track(&mut self, slot: usize) {
-            self.silenced.push(slot);
+        fn buffers(&mut self) -> &mut NodeBuffers {
+            &mut self.buffers
         }
     }
 
+    /// Whether every sample of `channel` of `buffers` reads as silence.
+    fn silent(buffers: &NodeBuffers, channel: usize) -> bool {
+        buffers.inputs.channel(channel).iter().all(|&s| s == 0.0)
+    }
+
     #[test]
-    fn commands_swap_nodes_and_ports_and_hand_back_what_they_replace() {
+    fn commands_swap_nodes_ports_and_buffers_and_hand_back_what_they_replace() {
         let (mut tx, mut commands) = rtrb::RingBuffer::new(8);
         let (mut retired, mut back) = rtrb::RingBuffer::new(1);
         let mut nodes: Vec<Option<Box<TestNode>>> = vec![None, None];
+        // A node of one track whose 4-frame buffers hold no silence.
         let node = |ports: Option<u8>| {
+            let mut buffers = NodeBuffers::with_chunk(1, 4);
+            buffers.inputs.set_frames(4);
+            for channel in 0..2 {
+                buffers.inputs.channel_mut(channel).fill(7.0);
+            }
             Box::new(TestNode {
                 tracks: vec![ports.map(Box::new), None],
-                silenced: Vec::new(),
+                buffers,
             })
         };
+        let buffers = |chunk| Box::new(NodeBuffers::with_chunk(1, chunk));
         for command in [
             NodeCommand::Attach {
                 index: 0,
@@ -421,6 +486,14 @@ mod tests {
                 slot: 0,
                 ports: Some(Box::new(2)),
             },
+            NodeCommand::SetBuffers {
+                index: 0,
+                buffers: buffers(8),
+            },
+            NodeCommand::SetBuffers {
+                index: 1,
+                buffers: buffers(16),
+            },
             NodeCommand::Attach {
                 index: 5,
                 node: node(None),
@@ -430,20 +503,38 @@ mod tests {
             assert!(tx.push(command).is_ok());
         }
         let mut handed = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..8 {
             // One hand-back place: each round applies until it is full, then the test empties it.
             apply_commands(&mut nodes, &mut commands, &mut retired);
             while let Ok(item) = back.pop() {
                 handed.push(match item {
-                    Retired::Node { index, node } => {
-                        format!("node {index} {:?} {:?}", node.tracks[0], node.silenced)
-                    }
+                    Retired::Node { index, node } => format!(
+                        "node {index} {:?}, chunk {}, silent {}",
+                        node.tracks[0],
+                        node.buffers.chunk(),
+                        silent(&node.buffers, 0) && silent(&node.buffers, 1)
+                    ),
                     Retired::Track(ports) => format!("ports {ports}"),
+                    Retired::Buffers(buffers) => format!(
+                        "buffers, chunk {}, silent {}",
+                        buffers.chunk(),
+                        silent(&buffers, 0) && silent(&buffers, 1)
+                    ),
                 });
             }
         }
-        // Swapping track 0's ports silenced its input channels.
-        assert_eq!(handed, ["ports 1", "node 5 None []", "node 0 Some(2) [0]"]);
+        assert_eq!(
+            handed,
+            [
+                "ports 1",
+                // Node 0's first buffers: new ports in track 0 silenced its channels.
+                "buffers, chunk 4, silent true",
+                // No node 1: the buffers come back as they went.
+                "buffers, chunk 16, silent true",
+                "node 5 None, chunk 4, silent false",
+                "node 0 Some(2), chunk 8, silent true",
+            ]
+        );
         assert!(nodes.iter().all(Option::is_none));
     }
 
