@@ -114,19 +114,29 @@ fn record_and_verify(period: u32, grow_to: Option<u32>) {
         assert_eq!(sox_info(&take.path).0, RATE);
     }
 
-    // The impulse lands on the same sample index in tracks 1 and 2.
-    let impulse_at = |wav: &Wav| {
-        let hits: Vec<usize> = (0..wav.frames())
+    // The impulse lands on the same sample index in tracks 1 and 2. An xrun, or a cycle the
+    // server ran without the feeder, may break the period that carried it (JACK hands a late
+    // feeder's buffers on as they are, and a skipped feeder's stale ones): then files without
+    // exactly one impulse are left to the tone checks below. `xruns` counts both.
+    let xruns = metrics["xruns"].as_u64().unwrap() + feeder.missed_cycles();
+    let impulses = |wav: &Wav| -> Vec<usize> {
+        (0..wav.frames())
             .filter(|&i| wav.samples[i] == IMPULSE)
-            .collect();
-        assert_eq!(hits.len(), 1, "one impulse per file, found at {hits:?}");
-        hits[0]
+            .collect()
     };
-    let at = impulse_at(&wavs[0]);
-    assert_eq!(impulse_at(&wavs[1]), at, "period {period}");
+    let (first, second) = (impulses(&wavs[0]), impulses(&wavs[1]));
+    if xruns == 0 || (first.len() == 1 && second.len() == 1) {
+        assert_eq!(
+            first.len(),
+            1,
+            "period {period}: one impulse per file, found at {first:?} ({xruns} xruns or \
+             missed feeder cycles)"
+        );
+        assert_eq!(first, second, "period {period}");
+    }
+    let at = first.first().copied().unwrap_or(usize::MAX);
 
     // Every file holds its tone, all three from the same feeder frame (sample-aligned).
-    let xruns = metrics["xruns"].as_u64().unwrap();
     let tracks: Vec<(usize, &[f32])> = CHANNELS
         .iter()
         .zip(&wavs)
