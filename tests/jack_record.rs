@@ -65,6 +65,7 @@ fn record_and_verify(period: u32, grow_to: Option<u32>) {
         );
     }
 
+    let missed_before = feeder.missed_cycles();
     daemon.cli(&["record"]);
     sleep(0.25);
     if let Some(frames) = grow_to {
@@ -118,7 +119,7 @@ fn record_and_verify(period: u32, grow_to: Option<u32>) {
     // server ran without the feeder, may break the period that carried it (JACK hands a late
     // feeder's buffers on as they are, and a skipped feeder's stale ones): then files without
     // exactly one impulse are left to the tone checks below. `xruns` counts both.
-    let xruns = metrics["xruns"].as_u64().unwrap() + feeder.missed_cycles();
+    let xruns = metrics["xruns"].as_u64().unwrap() + feeder.missed_cycles() - missed_before;
     let impulses = |wav: &Wav| -> Vec<usize> {
         (0..wav.frames())
             .filter(|&i| wav.samples[i] == IMPULSE)

@@ -707,7 +707,6 @@ impl JackGraph {
     /// back.
     fn service(&self, state: &mut GraphState) {
         collect_retired(state);
-        grow_buffers(state);
         mark_touched(state);
         connect_appeared(state, self.direct_outs);
         let lost = state
@@ -718,6 +717,7 @@ impl JackGraph {
             self.park_all(state);
             return;
         }
+        grow_buffers(state);
         if state.connection.is_none() {
             if state.last_attempt.elapsed() < RECONNECT_INTERVAL {
                 return;
@@ -803,6 +803,8 @@ impl JackGraph {
         ) else {
             return;
         };
+        // A SetBuffers the lost client never ran: the meta follows the node's own buffers.
+        meta.chunk = node.buffers.chunk();
         let client = connection.client.as_client();
         match register_master(client, &meta.prefix) {
             Ok(master) => node.master = Some(master),

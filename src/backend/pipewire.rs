@@ -1347,6 +1347,8 @@ impl PipeWireGraph {
             for cell in node.tracks.iter_mut() {
                 *cell = None;
             }
+            // A SetBuffers the lost server never ran: the meta follows the node's own buffers.
+            meta.chunk = node.buffers.chunk();
             for (&slot, track) in meta.tracks.iter_mut() {
                 match add_track(&mut connection, &meta.prefix, &track.base, track.channels) {
                     Ok((ports, ids)) => {
