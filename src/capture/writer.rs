@@ -1556,18 +1556,25 @@ mod tests {
             &mut markers,
             CaptureMarker::TakeStart { track: 0, frame: 0 },
         );
+        let disk_low = |event| match event {
+            WriterToControl::DiskLow {
+                free_bytes,
+                seconds_left,
+            } => Some((free_bytes, seconds_left)),
+            _ => None,
+        };
+        // The first report may take a while on a loaded machine; then 200 ms more for a second
+        // one, which must not come.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut low = Vec::new();
+        while low.is_empty() && std::time::Instant::now() < deadline {
+            if let Ok(event) = received.recv_timeout(Duration::from_millis(50)) {
+                low.extend(disk_low(event));
+            }
+        }
         std::thread::sleep(Duration::from_millis(200));
         writer.shutdown();
-        let low: Vec<_> = received
-            .try_iter()
-            .filter_map(|event| match event {
-                WriterToControl::DiskLow {
-                    free_bytes,
-                    seconds_left,
-                } => Some((free_bytes, seconds_left)),
-                _ => None,
-            })
-            .collect();
+        low.extend(received.try_iter().filter_map(disk_low));
         assert_eq!(low.len(), 1, "{low:?}");
         let (free_bytes, seconds_left) = low[0];
         assert!(free_bytes > 0);
