@@ -3,7 +3,8 @@
 //! `pw-jack` feeds a distinct tone into each of three tracks, linked with `pw-link` (links made
 //! by another program are stored as the track's input) and with the CLI; every take holds its
 //! tone sample for sample and an impulse lands at the same index in two takes. A second test
-//! kills the server mid-take: the daemon stays up with readable takes, and when the server
+//! forces the quantum from 256 to 4096 frames mid-take: the node's buffers grow and the takes
+//! stay whole and aligned. A third test kills the server mid-take: the daemon stays up with readable takes, and when the server
 //! returns the node, its ports and links are back and recording resumes into new takes.
 #![cfg(all(feature = "pipewire", feature = "jack"))]
 
@@ -120,24 +121,10 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
     }
 
     // The impulse lands on the same sample index in tracks 1 and 2.
-    let impulse_at = |wav: &Wav| {
-        let hits: Vec<usize> = (0..wav.frames())
-            .filter(|&i| wav.samples[i] == IMPULSE)
-            .collect();
-        assert_eq!(hits.len(), 1, "one impulse per file, found at {hits:?}");
-        hits[0]
-    };
     let at = impulse_at(&wavs[0]);
     assert_eq!(impulse_at(&wavs[1]), at);
 
-    // Every file holds its tone, all three from the same feeder frame (sample-aligned), the
-    // whole take long except the impulse sample. On a loaded machine PipeWire may run cycles
-    // without overdub's node (an xrun: the takes jump ahead together) or without the feeder
-    // (its outputs stay stale for a period and its tones fall a period behind): each jump is
-    // one of those, and each may leave at most a period of frames that are no tone.
     let metrics = daemon.cli_json(&["metrics", "--json"]);
-    let xruns = metrics["xruns"].as_u64().unwrap();
-    let feeder_missed = feeder.missed_cycles();
     // One quantum in, plus the quantum the processor works in.
     let latency = metrics["averageLatency"].as_f64().unwrap();
     let expected = f64::from(2 * PERIOD) * 1000.0 / f64::from(RATE);
@@ -145,59 +132,8 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         (latency - expected).abs() < 1e-6,
         "averageLatency {latency} ms"
     );
-    let tracks: Vec<(usize, &[f32])> = CHANNELS
-        .iter()
-        .zip(&wavs)
-        .map(|(c, w)| (*c, w.samples.as_slice()))
-        .collect();
-    let len = tracks[0].1.len();
-    let mut from = 0;
-    let mut jumps = 0;
-    let mut lost = 0;
-    while from < len {
-        let Some(k) = find_offset(&tracks, from) else {
-            let step = 16.min(len - from);
-            lost += step;
-            from += step;
-            continue;
-        };
-        let run = tracks
-            .iter()
-            .enumerate()
-            .map(|(index, (channel, samples))| {
-                let run = matching_run(*channel, samples, from, k);
-                if index < 2 && from + run == at {
-                    let skip = at + 1 - from;
-                    skip + matching_run(*channel, samples, at + 1, k + skip as u64)
-                } else {
-                    run
-                }
-            })
-            .min()
-            .unwrap();
-        from += run;
-        if from < len {
-            jumps += 1;
-            assert_eq!(
-                from % PERIOD as usize,
-                0,
-                "a jump at {from} is not a cycle boundary"
-            );
-        }
-    }
-    eprintln!(
-        "{jumps} jump(s) and {lost} frames off the tones in the takes, {xruns} xrun(s), \
-         {feeder_missed} cycle(s) the feeder missed"
-    );
-    let misses = xruns + feeder_missed;
-    assert!(
-        jumps as u64 <= misses,
-        "{jumps} jumps in the takes but {xruns} xruns and {feeder_missed} feeder misses"
-    );
-    assert!(
-        lost as u64 <= misses * u64::from(PERIOD),
-        "{lost} frames off the tones with {xruns} xruns and {feeder_missed} feeder misses"
-    );
+    let xruns = metrics["xruns"].as_u64().unwrap();
+    assert_tones_aligned(&wavs, at, PERIOD, xruns, feeder.missed_cycles());
 
     // A rename gives the track new ports with the same links.
     daemon.cli(&["track", "set", "3", "--name", "Lead Vox"]);
@@ -232,6 +168,61 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         vec!["feeder:out_3"]
     );
     drop(feeder);
+}
+
+/// The quantum the graph is forced to mid-take: longer than a node's largest buffers (2048
+/// frames), so each cycle also runs in chunks.
+const GROWN_QUANTUM: u32 = 4096;
+
+#[test]
+fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_aligned() {
+    let server = PipeWireServer::start_with_max_quantum(GROWN_QUANTUM);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(&server, dir.path());
+    daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
+    let mut feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS);
+    for track in 1..=3 {
+        let input = format!("feeder:out_{track}");
+        daemon.cli(&[
+            "track",
+            "set",
+            &track.to_string(),
+            "--input",
+            &input,
+            "--arm",
+        ]);
+    }
+
+    daemon.cli(&["record"]);
+    sleep(0.3);
+    server.force_quantum(GROWN_QUANTUM);
+    wait_for(
+        || daemon.cli_json(&["status", "--json"])["bufferSize"] == GROWN_QUANTUM,
+        "the status reports the forced quantum",
+    );
+    feeder.impulse();
+    sleep(0.8);
+    daemon.cli(&["stop"]);
+
+    let log = daemon.log();
+    assert!(
+        log.contains("a node's buffers grow to 2048-frame chunks"),
+        "the node's buffers did not grow:\n{log}"
+    );
+    let takes = daemon.takes();
+    assert_eq!(takes.len(), 3, "{takes:?}");
+    let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();
+    for (take, wav) in takes.iter().zip(&wavs) {
+        assert_eq!(take.status, "complete");
+        assert!(wav.frames() > RATE as usize, "{} frames", wav.frames());
+    }
+    // The impulse comes after the change: it lands on the same sample index in tracks 1 and 2.
+    let at = impulse_at(&wavs[0]);
+    assert_eq!(impulse_at(&wavs[1]), at);
+    let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
+        .as_u64()
+        .unwrap();
+    assert_tones_aligned(&wavs, at, GROWN_QUANTUM, xruns, feeder.missed_cycles());
 }
 
 #[test]
@@ -293,4 +284,84 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     drop(feeder);
     let mut daemon = daemon;
     daemon.terminate();
+}
+
+/// The one sample of `wav` that holds the feeder's impulse.
+fn impulse_at(wav: &Wav) -> usize {
+    let hits: Vec<usize> = (0..wav.frames())
+        .filter(|&i| wav.samples[i] == IMPULSE)
+        .collect();
+    assert_eq!(hits.len(), 1, "one impulse per file, found at {hits:?}");
+    hits[0]
+}
+
+/// Checks that every take holds its tone, all three from the same feeder frame
+/// (sample-aligned), the whole take long except the impulse at `at` in the first two.
+///
+/// On a loaded machine PipeWire may run cycles without overdub's node (an xrun: the takes jump
+/// ahead together) or without the feeder (its outputs stay stale for a cycle and its tones fall
+/// a cycle behind). Every jump falls on a cycle boundary. One xrun may do both, and the feeder
+/// does not always see the cycle it missed then, so each xrun or missed cycle counted allows
+/// two jumps and at most a cycle (`longest_cycle` frames) that is no tone. With none counted,
+/// the tones must run unbroken.
+fn assert_tones_aligned(
+    wavs: &[Wav],
+    at: usize,
+    longest_cycle: u32,
+    xruns: u64,
+    feeder_missed: u64,
+) {
+    let tracks: Vec<(usize, &[f32])> = CHANNELS
+        .iter()
+        .zip(wavs)
+        .map(|(c, w)| (*c, w.samples.as_slice()))
+        .collect();
+    let len = tracks[0].1.len();
+    let mut from = 0;
+    let mut jumps = 0;
+    let mut lost = 0;
+    while from < len {
+        let Some(k) = find_offset(&tracks, from) else {
+            let step = 16.min(len - from);
+            lost += step;
+            from += step;
+            continue;
+        };
+        let run = tracks
+            .iter()
+            .enumerate()
+            .map(|(index, (channel, samples))| {
+                let run = matching_run(*channel, samples, from, k);
+                if index < 2 && from + run == at {
+                    let skip = at + 1 - from;
+                    skip + matching_run(*channel, samples, at + 1, k + skip as u64)
+                } else {
+                    run
+                }
+            })
+            .min()
+            .unwrap();
+        from += run;
+        if from < len {
+            jumps += 1;
+            assert_eq!(
+                from % PERIOD as usize,
+                0,
+                "a jump at {from} is not a cycle boundary"
+            );
+        }
+    }
+    eprintln!(
+        "{jumps} jump(s) and {lost} frames off the tones in the takes, {xruns} xrun(s), \
+         {feeder_missed} cycle(s) the feeder missed"
+    );
+    let misses = xruns + feeder_missed;
+    assert!(
+        jumps as u64 <= 2 * misses,
+        "{jumps} jumps in the takes but {xruns} xruns and {feeder_missed} feeder misses"
+    );
+    assert!(
+        lost as u64 <= misses * u64::from(longest_cycle),
+        "{lost} frames off the tones with {xruns} xruns and {feeder_missed} feeder misses"
+    );
 }

@@ -1,5 +1,5 @@
 //! A private PipeWire server (own `XDG_RUNTIME_DIR`, quantum 256 at 48 kHz through a config
-//! drop-in, no session manager) and a feeder: this test binary run again under `pw-jack` as a
+//! drop-in, no session manager; the quantum can be forced larger mid-test) and a feeder: this test binary run again under `pw-jack` as a
 //! JACK client (`feeder`, outputs `out_1`… carrying tones, see [`super::jack::Feeder`]).
 
 use std::io::{BufRead, BufReader, Write};
@@ -19,8 +19,15 @@ pub struct PipeWireServer {
 }
 
 impl PipeWireServer {
-    /// Starts a server in a fresh runtime dir and waits until it answers.
+    /// Starts a server in a fresh runtime dir, quantum fixed at [`PERIOD`], and waits until it
+    /// answers.
     pub fn start() -> PipeWireServer {
+        PipeWireServer::start_with_max_quantum(PERIOD)
+    }
+
+    /// Starts a server whose quantum is [`PERIOD`] unless forced up to `max_quantum` frames
+    /// ([`PipeWireServer::force_quantum`]).
+    pub fn start_with_max_quantum(max_quantum: u32) -> PipeWireServer {
         let dir = tempfile::tempdir().unwrap();
         let runtime_dir = dir.path().join("run");
         let config_dir = dir.path().join("config");
@@ -32,7 +39,7 @@ impl PipeWireServer {
             format!(
                 "context.properties = {{\n  default.clock.rate = {RATE}\n  \
                  default.clock.quantum = {PERIOD}\n  default.clock.min-quantum = {PERIOD}\n  \
-                 default.clock.max-quantum = {PERIOD}\n}}\n"
+                 default.clock.max-quantum = {max_quantum}\n}}\n"
             ),
         )
         .unwrap();
@@ -106,6 +113,24 @@ impl PipeWireServer {
             .output()
             .unwrap_or_else(|e| panic!("{program} must be installed (pipewire-bin): {e}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Forces the graph's quantum to `frames` (`clock.force-quantum` in the `settings`
+    /// metadata, as a desktop's `pw-metadata` does).
+    pub fn force_quantum(&self, frames: u32) {
+        let ok = self
+            .command("pw-metadata")
+            .args([
+                "-n",
+                "settings",
+                "0",
+                "clock.force-quantum",
+                &frames.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pw-metadata clock.force-quantum {frames}");
     }
 
     /// `pw-link A B`.
