@@ -172,8 +172,16 @@ pub const IMPULSE: f32 = 0.9;
 impl jack::ProcessHandler for FeederProcess {
     fn process(&mut self, _: &Client, scope: &ProcessScope) -> Control {
         let cycle = scope.last_frame_time();
-        if self.next_cycle.is_some_and(|expected| expected != cycle) {
-            self.missed.fetch_add(1, Ordering::Relaxed);
+        if let Some(expected) = self.next_cycle {
+            // The frames the server ran on without this client, in cycles of this one's size
+            // (a frame time that went back counts as one).
+            let skipped = cycle.wrapping_sub(expected);
+            let cycles = match skipped {
+                0 => 0,
+                1..0x8000_0000 => skipped.div_ceil(scope.n_frames().max(1)),
+                _ => 1,
+            };
+            self.missed.fetch_add(u64::from(cycles), Ordering::Relaxed);
         }
         self.next_cycle = Some(cycle.wrapping_add(scope.n_frames()));
         let stall = self.stall_us.swap(0, Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! A private PipeWire server (own `XDG_RUNTIME_DIR`, quantum 256 at 48 kHz through a config
-//! drop-in, no session manager; the quantum can be forced larger mid-test) and a feeder: this test binary run again under `pw-jack` as a
+//! drop-in; no session manager, or WirePlumber on a private bus; the quantum can be forced
+//! larger mid-test) and a feeder: this test binary run again under `pw-jack` as a
 //! JACK client (`feeder`, outputs `out_1`… carrying tones, see [`super::jack::Feeder`]).
 
 use std::io::{BufRead, BufReader, Write};
@@ -8,14 +9,22 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::jack::{Feeder, Signal};
-use super::{PERIOD, RATE};
+use super::{Bus, PERIOD, RATE};
 
-/// A private `pipewire`, stopped by PID on drop.
+/// A private `pipewire`, stopped by PID on drop (its session manager first, if it has one).
 pub struct PipeWireServer {
     child: Option<Child>,
+    session_manager: Option<SessionManager>,
     _dir: tempfile::TempDir,
     pub runtime_dir: PathBuf,
     config_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// A `wireplumber` serving one private server, on its own `dbus-daemon`.
+struct SessionManager {
+    child: Child,
+    _bus: Bus,
 }
 
 impl PipeWireServer {
@@ -31,6 +40,7 @@ impl PipeWireServer {
         let dir = tempfile::tempdir().unwrap();
         let runtime_dir = dir.path().join("run");
         let config_dir = dir.path().join("config");
+        let state_dir = dir.path().join("state");
         let drop_in = config_dir.join("pipewire/pipewire.conf.d");
         std::fs::create_dir_all(&runtime_dir).unwrap();
         std::fs::create_dir_all(&drop_in).unwrap();
@@ -45,12 +55,46 @@ impl PipeWireServer {
         .unwrap();
         let mut server = PipeWireServer {
             child: None,
+            session_manager: None,
             _dir: dir,
             runtime_dir,
             config_dir,
+            state_dir,
         };
         server.launch();
         server
+    }
+
+    /// Starts a server as [`PipeWireServer::start`] does, then WirePlumber, its session
+    /// manager, on a private bus (it needs one), and waits until WirePlumber has published the
+    /// `default` metadata it keeps.
+    pub fn start_with_session_manager() -> PipeWireServer {
+        let mut server = PipeWireServer::start();
+        let bus = Bus::start();
+        let child = server
+            .command("wireplumber")
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wireplumber must be installed (scripts/install-deps)");
+        server.session_manager = Some(SessionManager { child, _bus: bus });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server
+            .output("pw-cli", &["ls", "Metadata"])
+            .contains("metadata.name = \"default\"")
+        {
+            assert!(Instant::now() < deadline, "wireplumber did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Whether this server's session manager is still running (false when it has none).
+    pub fn session_manager_running(&mut self) -> bool {
+        self.session_manager
+            .as_mut()
+            .is_some_and(|manager| manager.child.try_wait().unwrap().is_none())
     }
 
     /// A command that reaches this server (and no other).
@@ -59,6 +103,7 @@ impl PipeWireServer {
         command
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .env("XDG_CONFIG_HOME", &self.config_dir)
+            .env("XDG_STATE_HOME", &self.state_dir)
             .env_remove("PIPEWIRE_REMOTE")
             .env_remove("JACK_DEFAULT_SERVER")
             .stdin(Stdio::null());
@@ -171,6 +216,11 @@ impl PipeWireServer {
 
 impl Drop for PipeWireServer {
     fn drop(&mut self) {
+        if let Some(mut manager) = self.session_manager.take() {
+            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+            unsafe { libc::kill(manager.child.id() as i32, libc::SIGTERM) };
+            let _ = manager.child.wait();
+        }
         self.kill(libc::SIGTERM);
     }
 }
