@@ -45,37 +45,5 @@ fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
         "{metrics}"
     );
 
-    let takes = daemon.takes();
-    assert_eq!(takes.len(), 1, "{takes:?}");
-    let take = &takes[0];
-    assert_eq!(take.status, "complete", "{take:?}");
-    let wav = read_wav(&take.path);
-    assert_eq!(wav.frames() as u64, take.frames);
-    assert_eq!(sox_info(&take.path).0, RATE);
-
-    // The take's events: "take_id kind frame length detail", one line each.
-    let events = daemon.take_events();
-    let marked: Vec<(u64, u64)> = events
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields.get(1) == Some(&"xrun"))
-                .then(|| (fields[2].parse().unwrap(), fields[3].parse().unwrap()))
-        })
-        .collect();
-    // Marks count the xruns the take saw (one counted outside it, between `record` and the
-    // take's first frame or after its last drain, is in the metrics only).
-    let marked_count: u64 = marked.iter().map(|(_, count)| count).sum();
-    assert!(
-        (1..=counted).contains(&marked_count),
-        "{marked_count} xruns marked, {counted} counted: {events}"
-    );
-    // The stall came after `position`, and the mark lies inside the take.
-    assert!(
-        marked
-            .iter()
-            .any(|&(frame, _)| frame >= position && frame <= take.frames),
-        "an xrun marked between frame {position} and the take's end ({}): {events}",
-        take.frames
-    );
+    assert_one_take_with_the_xrun_marked(&daemon, position, counted);
 }

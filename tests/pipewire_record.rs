@@ -6,7 +6,8 @@
 //!
 //! The other tests: the quantum forced from 256 to 4096 frames mid-take grows the node's
 //! buffers and the takes stay whole and aligned; WirePlumber beside the server leaves the node
-//! and its links alone and the takes are the same; a server killed mid-take leaves the daemon
+//! and its links alone and the takes are the same; a feeder stalling a cycle for 50 ms is an
+//! xrun counted and marked in the take; a server killed mid-take leaves the daemon
 //! up with readable takes, and when the server returns the node, its ports and links are back
 //! and recording resumes into new takes.
 #![cfg(all(feature = "pipewire", feature = "jack"))]
@@ -297,6 +298,39 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
         .as_u64()
         .unwrap();
     assert_tones_aligned(&wavs, at, PERIOD, xruns, feeder.missed_cycles());
+}
+
+/// The feeder stalls one cycle for 50 ms mid-take: the cycles PipeWire runs without overdub's
+/// node are counted as xruns and marked in the take at the position where they happened, and
+/// the take stays complete and readable.
+#[test]
+fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
+    let _serial = one_at_a_time();
+    let server = PipeWireServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(&server, dir.path());
+    daemon.cli(&["session", "create", "demo", "--tracks", "1"]);
+    let mut feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS[..1]);
+    daemon.cli(&["track", "set", "1", "--arm", "--input", "feeder:out_1"]);
+
+    daemon.cli(&["record"]);
+    sleep(0.3);
+    let xruns = || {
+        daemon.cli_json(&["metrics", "--json"])["xruns"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = xruns();
+    let position = daemon.cli_json(&["status", "--json"])["sessions"][0]["position"]
+        .as_u64()
+        .unwrap();
+    feeder.stall(Duration::from_millis(50));
+    wait_for(|| xruns() > before, "overdub counts the xrun");
+    sleep(0.3);
+    let metrics = daemon.cli_json(&["stop", "--json"]);
+    let counted = metrics["xruns"].as_u64().unwrap();
+    assert!(counted > before, "{metrics}");
+    assert_one_take_with_the_xrun_marked(&daemon, position, counted);
 }
 
 #[test]

@@ -285,6 +285,13 @@ impl PwFeeder {
         writeln!(self.stdin, "impulse").unwrap();
         self.stdin.flush().unwrap();
     }
+
+    /// Makes the feeder's next cycle sleep for `duration` before writing (see
+    /// [`Feeder::stall`]).
+    pub fn stall(&mut self, duration: Duration) {
+        writeln!(self.stdin, "stall {}", duration.as_micros()).unwrap();
+        self.stdin.flush().unwrap();
+    }
 }
 
 impl Drop for PwFeeder {
@@ -295,8 +302,9 @@ impl Drop for PwFeeder {
 }
 
 /// The body of the feeder process: a [`Feeder`] over the JACK API (PipeWire's libjack under
-/// `pw-jack`) that puts an impulse on outputs 1 and 2 for every `impulse` line on stdin and
-/// prints `missed N` (its missed cycles) for every `missed` line, until stdin closes. Returns at once when [`FEEDER_ENV`] is not set.
+/// `pw-jack`) that, until stdin closes, puts an impulse on outputs 1 and 2 for every `impulse`
+/// line on stdin, prints `missed N` (its missed cycles) for every `missed` line and stalls a
+/// cycle for every `stall MICROSECONDS` line. Returns at once when [`FEEDER_ENV`] is not set.
 pub fn run_feeder_process() {
     let Ok(list) = std::env::var(FEEDER_ENV) else {
         return;
@@ -313,7 +321,11 @@ pub fn run_feeder_process() {
                 feeder.impulse_in(u64::from(RATE) / 4);
             }
             "missed" => println!("missed {}", feeder.missed_cycles()),
-            _ => {}
+            command => {
+                if let Some(micros) = command.strip_prefix("stall ") {
+                    feeder.stall(Duration::from_micros(micros.parse().unwrap()));
+                }
+            }
         }
     }
 }
