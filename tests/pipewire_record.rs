@@ -9,7 +9,7 @@
 //! and its links alone and the takes are the same; a feeder stalling a cycle for 50 ms is an
 //! xrun counted and marked in the take; a server killed mid-take leaves the daemon
 //! up with readable takes, and when the server returns the node, its ports and links are back
-//! and recording resumes into new takes.
+//! and recording resumes into new takes; the links are made again after a daemon restart.
 #![cfg(all(feature = "pipewire", feature = "jack"))]
 
 mod common;
@@ -390,8 +390,22 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     let takes = daemon.takes();
     assert_eq!(takes.len(), 2, "a new take: {takes:?}");
     assert!(takes.iter().all(|t| t.status == "complete"), "{takes:?}");
-    drop(feeder);
+
+    // A daemon restart: the session comes back with its ports and the stored link.
     let mut daemon = daemon;
+    daemon.terminate();
+    assert!(server.links_into("overdub:live.track-1.in").is_empty());
+    let mut daemon = start_daemon(&server, dir.path());
+    assert!(
+        server.wait_for_port("overdub:live.track-1.in", false, Duration::from_secs(5)),
+        "ports back after a daemon restart:\n{}",
+        daemon.log()
+    );
+    wait_for(
+        || server.links_into("overdub:live.track-1.in") == ["feeder:out_1"],
+        "the stored link is made again after a daemon restart",
+    );
+    drop(feeder);
     daemon.terminate();
 }
 
