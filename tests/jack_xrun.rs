@@ -23,27 +23,7 @@ fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
     let feeder = Feeder::start(&[Signal::Tone(3)]);
     daemon.cli(&["track", "set", "1", "--arm", "--input", "feeder:out_1"]);
 
-    daemon.cli(&["record"]);
-    sleep(0.3);
-    let xruns = || {
-        daemon.cli_json(&["metrics", "--json"])["xruns"]
-            .as_u64()
-            .unwrap()
-    };
-    let before = xruns();
-    let position = daemon.cli_json(&["status", "--json"])["sessions"][0]["position"]
-        .as_u64()
-        .unwrap();
-    feeder.stall(Duration::from_millis(50));
-    wait_for(|| xruns() > before, "overdub counts the xrun");
-    sleep(0.3);
-    let metrics = daemon.cli_json(&["stop", "--json"]);
-    let counted = metrics["xruns"].as_u64().unwrap();
-    assert!(counted > before, "{metrics}");
-    assert!(
-        metrics["bufferUnderruns"].as_u64().unwrap() >= counted,
-        "{metrics}"
-    );
-
-    assert_one_take_with_the_xrun_marked(&daemon, position, counted);
+    assert_a_stall_is_an_xrun_marked_in_the_take(&daemon, || {
+        feeder.stall(Duration::from_millis(50))
+    });
 }

@@ -125,29 +125,16 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
     sleep(0.7);
     daemon.cli(&["stop"]);
 
-    let takes = daemon.takes();
-    assert_eq!(takes.len(), 3, "{takes:?}");
-    let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();
-    for (take, wav) in takes.iter().zip(&wavs) {
-        assert_eq!(take.status, "complete");
-        assert!(wav.frames() > RATE as usize, "{} frames", wav.frames());
-        assert_eq!(sox_info(&take.path).0, RATE);
-    }
-
-    // The impulse lands on the same sample index in tracks 1 and 2.
-    let at = impulse_at(&wavs[0]);
-    assert_eq!(impulse_at(&wavs[1]), at);
-
-    let metrics = daemon.cli_json(&["metrics", "--json"]);
     // One quantum in, plus the quantum the processor works in.
-    let latency = metrics["averageLatency"].as_f64().unwrap();
+    let latency = daemon.cli_json(&["metrics", "--json"])["averageLatency"]
+        .as_f64()
+        .unwrap();
     let expected = f64::from(2 * PERIOD) * 1000.0 / f64::from(RATE);
     assert!(
         (latency - expected).abs() < 1e-6,
         "averageLatency {latency} ms"
     );
-    let xruns = metrics["xruns"].as_u64().unwrap();
-    assert_tones_aligned(&wavs, at, PERIOD, xruns, feeder.missed_cycles());
+    assert_three_takes_whole_and_aligned(&daemon, &mut feeder, PERIOD);
 
     // A rename gives the track new ports with the same links.
     daemon.cli(&["track", "set", "3", "--name", "Lead Vox"]);
@@ -194,20 +181,7 @@ fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_
     let server = PipeWireServer::start_with_max_quantum(GROWN_QUANTUM);
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(&server, dir.path());
-    daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
-    let mut feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS);
-    for track in 1..=3 {
-        let input = format!("feeder:out_{track}");
-        daemon.cli(&[
-            "track",
-            "set",
-            &track.to_string(),
-            "--input",
-            &input,
-            "--arm",
-        ]);
-    }
-
+    let mut feeder = three_tracks_fed(&server, &daemon);
     daemon.cli(&["record"]);
     sleep(0.3);
     server.force_quantum(GROWN_QUANTUM);
@@ -224,20 +198,8 @@ fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_
         log.contains("a node's buffers grow to 2048-frame chunks"),
         "the node's buffers did not grow:\n{log}"
     );
-    let takes = daemon.takes();
-    assert_eq!(takes.len(), 3, "{takes:?}");
-    let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();
-    for (take, wav) in takes.iter().zip(&wavs) {
-        assert_eq!(take.status, "complete");
-        assert!(wav.frames() > RATE as usize, "{} frames", wav.frames());
-    }
-    // The impulse comes after the change: it lands on the same sample index in tracks 1 and 2.
-    let at = impulse_at(&wavs[0]);
-    assert_eq!(impulse_at(&wavs[1]), at);
-    let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
-        .as_u64()
-        .unwrap();
-    assert_tones_aligned(&wavs, at, GROWN_QUANTUM, xruns, feeder.missed_cycles());
+    // The impulse comes after the change.
+    assert_three_takes_whole_and_aligned(&daemon, &mut feeder, GROWN_QUANTUM);
 }
 
 /// WirePlumber, the session manager of PipeWire desktops, runs beside the node: its policy
@@ -249,20 +211,7 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
     let mut server = PipeWireServer::start_with_session_manager();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(&server, dir.path());
-    daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
-    let mut feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS);
-    for track in 1..=3 {
-        let input = format!("feeder:out_{track}");
-        daemon.cli(&[
-            "track",
-            "set",
-            &track.to_string(),
-            "--input",
-            &input,
-            "--arm",
-        ]);
-    }
-
+    let mut feeder = three_tracks_fed(&server, &daemon);
     daemon.cli(&["record"]);
     sleep(0.5);
     feeder.impulse();
@@ -285,19 +234,7 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
             && !links.contains("overdub:demo.master_out_R\n  |->"),
         "the master outputs were linked by someone:\n{links}"
     );
-    let takes = daemon.takes();
-    assert_eq!(takes.len(), 3, "{takes:?}");
-    let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();
-    for (take, wav) in takes.iter().zip(&wavs) {
-        assert_eq!(take.status, "complete");
-        assert!(wav.frames() > RATE as usize, "{} frames", wav.frames());
-    }
-    let at = impulse_at(&wavs[0]);
-    assert_eq!(impulse_at(&wavs[1]), at);
-    let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
-        .as_u64()
-        .unwrap();
-    assert_tones_aligned(&wavs, at, PERIOD, xruns, feeder.missed_cycles());
+    assert_three_takes_whole_and_aligned(&daemon, &mut feeder, PERIOD);
 }
 
 /// The feeder stalls one cycle for 50 ms mid-take: the cycles PipeWire runs without overdub's
@@ -313,24 +250,9 @@ fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
     let mut feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS[..1]);
     daemon.cli(&["track", "set", "1", "--arm", "--input", "feeder:out_1"]);
 
-    daemon.cli(&["record"]);
-    sleep(0.3);
-    let xruns = || {
-        daemon.cli_json(&["metrics", "--json"])["xruns"]
-            .as_u64()
-            .unwrap()
-    };
-    let before = xruns();
-    let position = daemon.cli_json(&["status", "--json"])["sessions"][0]["position"]
-        .as_u64()
-        .unwrap();
-    feeder.stall(Duration::from_millis(50));
-    wait_for(|| xruns() > before, "overdub counts the xrun");
-    sleep(0.3);
-    let metrics = daemon.cli_json(&["stop", "--json"]);
-    let counted = metrics["xruns"].as_u64().unwrap();
-    assert!(counted > before, "{metrics}");
-    assert_one_take_with_the_xrun_marked(&daemon, position, counted);
+    assert_a_stall_is_an_xrun_marked_in_the_take(&daemon, || {
+        feeder.stall(Duration::from_millis(50))
+    });
 }
 
 #[test]
@@ -407,6 +329,43 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     );
     drop(feeder);
     daemon.terminate();
+}
+
+/// Creates session `demo` of three tracks, starts the feeder and links each track to its
+/// output with the CLI, armed.
+fn three_tracks_fed(server: &PipeWireServer, daemon: &Daemon) -> PwFeeder {
+    daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
+    let feeder = PwFeeder::start(server, "feeder_process", &CHANNELS);
+    for track in 1..=3 {
+        let input = format!("feeder:out_{track}");
+        let index = track.to_string();
+        daemon.cli(&["track", "set", &index, "--input", &input, "--arm"]);
+    }
+    feeder
+}
+
+/// Checks the three takes of the recording that just stopped: complete, more than a second
+/// long, 48 kHz to sox, the feeder's impulse at the same index in the first two, and the tones
+/// aligned ([`assert_tones_aligned`], cycles of up to `longest_cycle` frames).
+fn assert_three_takes_whole_and_aligned(
+    daemon: &Daemon,
+    feeder: &mut PwFeeder,
+    longest_cycle: u32,
+) {
+    let takes = daemon.takes();
+    assert_eq!(takes.len(), 3, "{takes:?}");
+    let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();
+    for (take, wav) in takes.iter().zip(&wavs) {
+        assert_eq!(take.status, "complete");
+        assert!(wav.frames() > RATE as usize, "{} frames", wav.frames());
+        assert_eq!(sox_info(&take.path).0, RATE);
+    }
+    let at = impulse_at(&wavs[0]);
+    assert_eq!(impulse_at(&wavs[1]), at);
+    let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
+        .as_u64()
+        .unwrap();
+    assert_tones_aligned(&wavs, at, longest_cycle, xruns, feeder.missed_cycles());
 }
 
 /// The one sample of `wav` that holds the feeder's impulse.

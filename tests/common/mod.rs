@@ -528,10 +528,33 @@ pub fn assert_metrics_keys(metrics: &Json) {
     }
 }
 
-/// Checks the one take of a recording in which an xrun happened after `position` and
-/// `counted` xruns were counted in all: the take is complete and readable, and its events mark
-/// between 1 and `counted` xruns, one of them inside the take after `position`.
-pub fn assert_one_take_with_the_xrun_marked(daemon: &Daemon, position: u64, counted: u64) {
+/// Records the daemon's armed track and calls `stall` mid-take (a client stalling a cycle);
+/// checks that overdub counts the xrun in its metrics, that the one take is complete and
+/// readable, and that its events mark between 1 and the counted xruns, one of them inside the
+/// take after the position where the stall came.
+pub fn assert_a_stall_is_an_xrun_marked_in_the_take(daemon: &Daemon, stall: impl FnOnce()) {
+    daemon.cli(&["record"]);
+    sleep(0.3);
+    let xruns = || {
+        daemon.cli_json(&["metrics", "--json"])["xruns"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = xruns();
+    let position = daemon.cli_json(&["status", "--json"])["sessions"][0]["position"]
+        .as_u64()
+        .unwrap();
+    stall();
+    wait_for(|| xruns() > before, "overdub counts the xrun");
+    sleep(0.3);
+    let metrics = daemon.cli_json(&["stop", "--json"]);
+    let counted = metrics["xruns"].as_u64().unwrap();
+    assert!(counted > before, "{metrics}");
+    assert!(
+        metrics["bufferUnderruns"].as_u64().unwrap() >= counted,
+        "{metrics}"
+    );
+
     let takes = daemon.takes();
     assert_eq!(takes.len(), 1, "{takes:?}");
     let take = &takes[0];
