@@ -5,8 +5,9 @@
 //! tone sample for sample and an impulse lands at the same index in two takes.
 //!
 //! The other tests: the quantum forced from 256 to 4096 frames mid-take grows the node's
-//! buffers and the takes stay whole and aligned; WirePlumber beside the server leaves the node
-//! and its links alone and the takes are the same; a feeder stalling a cycle for 50 ms is an
+//! buffers and the takes stay whole and aligned; WirePlumber beside the server, linking a
+//! capture stream to its default source, leaves the node and its links alone and the takes
+//! are the same; a feeder stalling a cycle for 50 ms is an
 //! xrun counted and marked in the take; a server killed mid-take leaves the daemon
 //! up with readable takes, and when the server returns the node, its ports and links are back
 //! and recording resumes into new takes; the links are made again after a daemon restart.
@@ -15,10 +16,10 @@
 mod common;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::jack::IMPULSE;
-use common::pipewire::{run_feeder_process, PipeWireServer, PwFeeder};
+use common::pipewire::{run_feeder_process, PipeWireServer, PwFeeder, MANAGED_SOURCE};
 use common::*;
 
 /// Tone channels (frequencies 200 + 20 × channel Hz) of the feeder's three outputs.
@@ -42,14 +43,6 @@ fn start_daemon(server: &PipeWireServer, dir: &std::path::Path) -> Daemon {
             ..Settings::default()
         },
     )
-}
-
-fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        sleep(0.05);
-    }
 }
 
 /// Holds the tests of this file to one at a time. Each runs a server, a feeder under `pw-jack`
@@ -119,11 +112,7 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         daemon.cli(&["track", "set", &track.to_string(), "--arm"]);
     }
 
-    daemon.cli(&["record"]);
-    sleep(0.5);
-    feeder.impulse();
-    sleep(0.7);
-    daemon.cli(&["stop"]);
+    let missed = record_three(&daemon, &mut feeder, || {});
 
     // One quantum in, plus the quantum the processor works in.
     let latency = daemon.cli_json(&["metrics", "--json"])["averageLatency"]
@@ -134,7 +123,7 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         (latency - expected).abs() < 1e-6,
         "averageLatency {latency} ms"
     );
-    assert_three_takes_whole_and_aligned(&daemon, &mut feeder, PERIOD);
+    assert_three_takes_whole_and_aligned(&daemon, missed, PERIOD);
 
     // A rename gives the track new ports with the same links.
     daemon.cli(&["track", "set", "3", "--name", "Lead Vox"]);
@@ -143,12 +132,7 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         vec!["feeder:out_3"]
     );
     wait_for(
-        || {
-            !server
-                .output("pw-link", &["-i"])
-                .lines()
-                .any(|l| l == "overdub:demo.track-3.in")
-        },
+        || !server.has_port("overdub:demo.track-3.in", false),
         "the old port goes",
     );
     // A name that slugs like another track's gets a port name of its own, links kept.
@@ -182,41 +166,41 @@ fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(&server, dir.path());
     let mut feeder = three_tracks_fed(&server, &daemon);
-    daemon.cli(&["record"]);
-    sleep(0.3);
-    server.force_quantum(GROWN_QUANTUM);
-    wait_for(
-        || daemon.cli_json(&["status", "--json"])["bufferSize"] == GROWN_QUANTUM,
-        "the status reports the forced quantum",
-    );
-    feeder.impulse();
-    sleep(0.8);
-    daemon.cli(&["stop"]);
+    // The impulse comes after the change.
+    let missed = record_three(&daemon, &mut feeder, || {
+        wait_for_position(&daemon, u64::from(RATE) / 4);
+        server.force_quantum(GROWN_QUANTUM);
+        wait_for(
+            || daemon.cli_json(&["status", "--json"])["bufferSize"] == GROWN_QUANTUM,
+            "the status reports the forced quantum",
+        );
+    });
 
     let log = daemon.log();
     assert!(
         log.contains("a node's buffers grow to 2048-frame chunks"),
         "the node's buffers did not grow:\n{log}"
     );
-    // The impulse comes after the change.
-    assert_three_takes_whole_and_aligned(&daemon, &mut feeder, GROWN_QUANTUM);
+    assert_three_takes_whole_and_aligned(&daemon, missed, GROWN_QUANTUM);
 }
 
-/// WirePlumber, the session manager of PipeWire desktops, runs beside the node: its policy
-/// leaves the node and its links alone (it links nothing of its own to the node's ports), and
-/// the takes hold the tones, aligned, as they do without it.
+/// WirePlumber, the session manager of PipeWire desktops, runs beside the node with a default
+/// source to link capture streams to, and does link one (`pw-record`): its policy is at work.
+/// It leaves overdub's node and its links alone (it links nothing of its own to the node's
+/// ports), and the takes hold the tones, aligned, as they do without it.
 #[test]
 fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_same() {
     let _serial = one_at_a_time();
     let mut server = PipeWireServer::start_with_session_manager();
     let dir = tempfile::tempdir().unwrap();
+    let _stream = server.capture_stream(&dir.path().join("stream.wav"));
+    wait_for(
+        || server.links_into("pw-record:input_FL") == [format!("{MANAGED_SOURCE}:capture_FL")],
+        "wireplumber links a capture stream to the default source",
+    );
     let daemon = start_daemon(&server, dir.path());
     let mut feeder = three_tracks_fed(&server, &daemon);
-    daemon.cli(&["record"]);
-    sleep(0.5);
-    feeder.impulse();
-    sleep(0.7);
-    daemon.cli(&["stop"]);
+    let missed = record_three(&daemon, &mut feeder, || {});
 
     assert!(
         server.session_manager_running(),
@@ -234,7 +218,7 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
             && !links.contains("overdub:demo.master_out_R\n  |->"),
         "the master outputs were linked by someone:\n{links}"
     );
-    assert_three_takes_whole_and_aligned(&daemon, &mut feeder, PERIOD);
+    assert_three_takes_whole_and_aligned(&daemon, missed, PERIOD);
 }
 
 /// The feeder stalls one cycle for 50 ms mid-take: the cycles PipeWire runs without overdub's
@@ -316,7 +300,10 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     // A daemon restart: the session comes back with its ports and the stored link.
     let mut daemon = daemon;
     daemon.terminate();
-    assert!(server.links_into("overdub:live.track-1.in").is_empty());
+    wait_for(
+        || !server.has_port("overdub:live.track-1.in", false),
+        "the node's ports go with the daemon",
+    );
     let mut daemon = start_daemon(&server, dir.path());
     assert!(
         server.wait_for_port("overdub:live.track-1.in", false, Duration::from_secs(5)),
@@ -344,14 +331,29 @@ fn three_tracks_fed(server: &PipeWireServer, daemon: &Daemon) -> PwFeeder {
     feeder
 }
 
+/// Records: `record`, then `during` (mid-take), an impulse from the feeder, and `stop` once
+/// the take is over 1.2 s long and half a second past the impulse. Returns the cycles the
+/// graph ran without the feeder from `record` to `stop`.
+fn record_three(daemon: &Daemon, feeder: &mut PwFeeder, during: impl FnOnce()) -> u64 {
+    let missed_before = feeder.missed_cycles();
+    daemon.cli(&["record"]);
+    during();
+    // The feeder puts its impulse a quarter second ahead.
+    let asked_at = session_position(daemon);
+    feeder.impulse();
+    wait_for_position(
+        daemon,
+        (asked_at + u64::from(RATE) / 2).max(6 * u64::from(RATE) / 5),
+    );
+    daemon.cli(&["stop"]);
+    feeder.missed_cycles() - missed_before
+}
+
 /// Checks the three takes of the recording that just stopped: complete, more than a second
 /// long, 48 kHz to sox, the feeder's impulse at the same index in the first two, and the tones
-/// aligned ([`assert_tones_aligned`], cycles of up to `longest_cycle` frames).
-fn assert_three_takes_whole_and_aligned(
-    daemon: &Daemon,
-    feeder: &mut PwFeeder,
-    longest_cycle: u32,
-) {
+/// aligned ([`assert_tones_aligned`], cycles of up to `longest_cycle` frames). `feeder_missed`
+/// is what [`record_three`] returned.
+fn assert_three_takes_whole_and_aligned(daemon: &Daemon, feeder_missed: u64, longest_cycle: u32) {
     let takes = daemon.takes();
     assert_eq!(takes.len(), 3, "{takes:?}");
     let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();
@@ -360,21 +362,24 @@ fn assert_three_takes_whole_and_aligned(
         assert!(wav.frames() > RATE as usize, "{} frames", wav.frames());
         assert_eq!(sox_info(&take.path).0, RATE);
     }
-    let at = impulse_at(&wavs[0]);
-    assert_eq!(impulse_at(&wavs[1]), at);
     let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
         .as_u64()
         .unwrap();
-    assert_tones_aligned(&wavs, at, longest_cycle, xruns, feeder.missed_cycles());
-}
-
-/// The one sample of `wav` that holds the feeder's impulse.
-fn impulse_at(wav: &Wav) -> usize {
-    let hits: Vec<usize> = (0..wav.frames())
-        .filter(|&i| wav.samples[i] == IMPULSE)
-        .collect();
-    assert_eq!(hits.len(), 1, "one impulse per file, found at {hits:?}");
-    hits[0]
+    // An xrun, or a cycle the graph ran without the feeder, may break the cycle that carried
+    // the impulse (a stale buffer repeats it): then files without exactly one impulse are left
+    // to the tone checks.
+    let impulses = |wav: &Wav| -> Vec<usize> {
+        (0..wav.frames())
+            .filter(|&i| wav.samples[i] == IMPULSE)
+            .collect()
+    };
+    let (first, second) = (impulses(&wavs[0]), impulses(&wavs[1]));
+    if xruns + feeder_missed == 0 || (first.len() == 1 && second.len() == 1) {
+        assert_eq!(first.len(), 1, "one impulse per file, found at {first:?}");
+        assert_eq!(first, second);
+    }
+    let at = first.first().copied().unwrap_or(usize::MAX);
+    assert_tones_aligned(&wavs, at, longest_cycle, xruns, feeder_missed);
 }
 
 /// Checks that every take holds its tone, all three from the same feeder frame
@@ -385,7 +390,8 @@ fn impulse_at(wav: &Wav) -> usize {
 /// a cycle behind). Every jump falls on a cycle boundary. One xrun may do both, and the feeder
 /// does not always see the cycle it missed then, so each xrun or missed cycle counted allows
 /// two jumps and at most a cycle (`longest_cycle` frames) that is no tone. With none counted,
-/// the tones must run unbroken.
+/// the tones must run unbroken. With more than one cycle in eight missed, the take is too
+/// disturbed for these checks to mean anything, and the test fails.
 fn assert_tones_aligned(
     wavs: &[Wav],
     at: usize,
@@ -438,6 +444,11 @@ fn assert_tones_aligned(
          {feeder_missed} cycle(s) the feeder missed"
     );
     let misses = xruns + feeder_missed;
+    let cycles = (len / PERIOD as usize) as u64;
+    assert!(
+        misses * 8 <= cycles,
+        "{xruns} xruns and {feeder_missed} feeder misses in {cycles} cycles: too disturbed to check"
+    );
     assert!(
         jumps as u64 <= 2 * misses,
         "{jumps} jumps in the takes but {xruns} xruns and {feeder_missed} feeder misses"

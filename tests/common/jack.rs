@@ -173,12 +173,13 @@ impl jack::ProcessHandler for FeederProcess {
     fn process(&mut self, _: &Client, scope: &ProcessScope) -> Control {
         let cycle = scope.last_frame_time();
         if let Some(expected) = self.next_cycle {
-            // The frames the server ran on without this client, in cycles of this one's size
-            // (a frame time that went back counts as one).
+            // The frames the server ran on without this client, in cycles of this one's size.
+            // A frame time that went back, or ahead by more than a second (a clock that
+            // changed, not cycles run), counts as one.
             let skipped = cycle.wrapping_sub(expected);
             let cycles = match skipped {
                 0 => 0,
-                1..0x8000_0000 => skipped.div_ceil(scope.n_frames().max(1)),
+                1..=super::RATE => skipped.div_ceil(scope.n_frames().max(1)),
                 _ => 1,
             };
             self.missed.fetch_add(u64::from(cycles), Ordering::Relaxed);

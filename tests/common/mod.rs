@@ -534,16 +534,15 @@ pub fn assert_metrics_keys(metrics: &Json) {
 /// take after the position where the stall came.
 pub fn assert_a_stall_is_an_xrun_marked_in_the_take(daemon: &Daemon, stall: impl FnOnce()) {
     daemon.cli(&["record"]);
-    sleep(0.3);
+    // A stall before the take's first frame would not be marked in it.
+    wait_for_position(daemon, u64::from(RATE) / 4);
     let xruns = || {
         daemon.cli_json(&["metrics", "--json"])["xruns"]
             .as_u64()
             .unwrap()
     };
     let before = xruns();
-    let position = daemon.cli_json(&["status", "--json"])["sessions"][0]["position"]
-        .as_u64()
-        .unwrap();
+    let position = session_position(daemon);
     stall();
     wait_for(|| xruns() > before, "overdub counts the xrun");
     sleep(0.3);
@@ -603,6 +602,36 @@ pub fn collect_stdout(mut child: Child) -> (Child, std::thread::JoinHandle<Strin
 
 pub fn sleep(seconds: f64) {
     std::thread::sleep(Duration::from_secs_f64(seconds));
+}
+
+/// The first session's transport position (frames), from `status`.
+pub fn session_position(daemon: &Daemon) -> u64 {
+    daemon.cli_json(&["status", "--json"])["sessions"][0]["position"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Waits until the first session's position has reached `frames`.
+pub fn wait_for_position(daemon: &Daemon, frames: u64) {
+    wait_for(
+        || session_position(daemon) >= frames,
+        &format!("the position reaches frame {frames}"),
+    );
+}
+
+/// Signals a child this test spawned and waits for it to exit; kills it after 10 s.
+pub fn stop_child(child: &mut Child, signal: i32) {
+    // SAFETY: kill(2) on the PID of a child the caller spawned and has not reaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        sleep(0.02);
+    }
 }
 
 /// Waits up to 10 s for `condition`, failing with `what` if it never holds.

@@ -1,5 +1,6 @@
 //! A private PipeWire server (own `XDG_RUNTIME_DIR`, quantum 256 at 48 kHz through a config
-//! drop-in; no session manager, or WirePlumber on a private bus; the quantum can be forced
+//! drop-in; no session manager, or WirePlumber on a private bus with a virtual sink and
+//! source and no access to real devices; the quantum can be forced
 //! larger mid-test) and a feeder: this test binary run again under `pw-jack` as a
 //! JACK client (`feeder`, outputs `out_1`… carrying tones, see [`super::jack::Feeder`]).
 
@@ -9,7 +10,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::jack::{Feeder, Signal};
-use super::{Bus, PERIOD, RATE};
+use super::{stop_child, Bus, PERIOD, RATE};
 
 /// A private `pipewire`, stopped by PID on drop (its session manager first, if it has one).
 pub struct PipeWireServer {
@@ -37,6 +38,13 @@ impl PipeWireServer {
     /// Starts a server whose quantum is [`PERIOD`] unless forced up to `max_quantum` frames
     /// ([`PipeWireServer::force_quantum`]).
     pub fn start_with_max_quantum(max_quantum: u32) -> PipeWireServer {
+        let mut server = PipeWireServer::configured(max_quantum);
+        server.launch();
+        server
+    }
+
+    /// A server's directories and quantum drop-in, not launched.
+    fn configured(max_quantum: u32) -> PipeWireServer {
         let dir = tempfile::tempdir().unwrap();
         let runtime_dir = dir.path().join("run");
         let config_dir = dir.path().join("config");
@@ -53,23 +61,54 @@ impl PipeWireServer {
             ),
         )
         .unwrap();
-        let mut server = PipeWireServer {
+        PipeWireServer {
             child: None,
             session_manager: None,
             _dir: dir,
             runtime_dir,
             config_dir,
             state_dir,
-        };
-        server.launch();
-        server
+        }
     }
 
-    /// Starts a server as [`PipeWireServer::start`] does, then WirePlumber, its session
-    /// manager, on a private bus (it needs one), and waits until WirePlumber has published the
-    /// `default` metadata it keeps.
+    /// Starts a server as [`PipeWireServer::start`] does, with a virtual sink and a virtual
+    /// source ([`MANAGED_SOURCE`]) as a desktop's devices, then WirePlumber, its session
+    /// manager, on a private bus (it needs one), and waits until WirePlumber has made that
+    /// source the default: its policy is at work. WirePlumber's monitors of real devices (ALSA,
+    /// Bluetooth, cameras) are off, so it touches none of the machine's own.
     pub fn start_with_session_manager() -> PipeWireServer {
-        let mut server = PipeWireServer::start();
+        let mut server = PipeWireServer::configured(PERIOD);
+        let devices = |name: &str, class: &str| {
+            format!(
+                "  {{ factory = adapter\n    args = {{\n      factory.name = \
+                 support.null-audio-sink\n      node.name = \"{name}\"\n      media.class = \
+                 \"{class}\"\n      audio.position = \"FL,FR\"\n    }}\n  }}\n"
+            )
+        };
+        std::fs::write(
+            server
+                .config_dir
+                .join("pipewire/pipewire.conf.d/20-devices.conf"),
+            format!(
+                "context.objects = [\n{}{}]\n",
+                devices("test-sink", "Audio/Sink"),
+                devices(MANAGED_SOURCE, "Audio/Source/Virtual")
+            ),
+        )
+        .unwrap();
+        for (dir, settings) in [
+            (
+                "main.lua.d",
+                "alsa_monitor.enabled = false\nv4l2_monitor.enabled = false\n\
+                 libcamera_monitor.enabled = false\n",
+            ),
+            ("bluetooth.lua.d", "bluez_monitor.enabled = false\n"),
+        ] {
+            let dir = server.config_dir.join("wireplumber").join(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("51-no-hardware.lua"), settings).unwrap();
+        }
+        server.launch();
         let bus = Bus::start();
         let child = server
             .command("wireplumber")
@@ -80,14 +119,40 @@ impl PipeWireServer {
             .expect("wireplumber must be installed (scripts/install-deps)");
         server.session_manager = Some(SessionManager { child, _bus: bus });
         let deadline = Instant::now() + Duration::from_secs(10);
+        let source_is_default =
+            format!("'default.audio.source' value:'{{\"name\":\"{MANAGED_SOURCE}\"}}'");
         while !server
-            .output("pw-cli", &["ls", "Metadata"])
-            .contains("metadata.name = \"default\"")
+            .output("pw-metadata", &["-n", "default", "0"])
+            .contains(&source_is_default)
         {
-            assert!(Instant::now() < deadline, "wireplumber did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "wireplumber did not make {MANAGED_SOURCE} the default source"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    /// Starts `pw-record` into `file`: a capture stream, which a session manager links to the
+    /// default source. Stopped on drop.
+    pub fn capture_stream(&self, file: &std::path::Path) -> CaptureStream {
+        let child = self
+            .command("pw-record")
+            .args([
+                "--rate",
+                &RATE.to_string(),
+                "--channels",
+                "2",
+                "--format",
+                "s16",
+            ])
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pw-record must be installed (pipewire-bin)");
+        CaptureStream { child }
     }
 
     /// Whether this server's session manager is still running (false when it has none).
@@ -135,12 +200,10 @@ impl PipeWireServer {
         }
     }
 
-    /// Kills the server with `signal` and waits for it to exit.
+    /// Kills the server with `signal` and waits for it to exit (SIGKILL after 10 s).
     pub fn kill(&mut self, signal: i32) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let _ = child.wait();
+            stop_child(&mut child, signal);
         }
     }
 
@@ -200,12 +263,17 @@ impl PipeWireServer {
         out
     }
 
-    /// Waits until `pw-link -i` (inputs) or `-o` (outputs) lists `port`.
+    /// Whether `pw-link -i` (inputs) or `-o` (outputs) lists `port`.
+    pub fn has_port(&self, port: &str, output: bool) -> bool {
+        let flag = if output { "-o" } else { "-i" };
+        self.output("pw-link", &[flag]).lines().any(|l| l == port)
+    }
+
+    /// Waits until [`PipeWireServer::has_port`].
     pub fn wait_for_port(&self, port: &str, output: bool, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let flag = if output { "-o" } else { "-i" };
         while Instant::now() < deadline {
-            if self.output("pw-link", &[flag]).lines().any(|l| l == port) {
+            if self.has_port(port, output) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -217,11 +285,23 @@ impl PipeWireServer {
 impl Drop for PipeWireServer {
     fn drop(&mut self) {
         if let Some(mut manager) = self.session_manager.take() {
-            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
-            unsafe { libc::kill(manager.child.id() as i32, libc::SIGTERM) };
-            let _ = manager.child.wait();
+            stop_child(&mut manager.child, libc::SIGTERM);
         }
         self.kill(libc::SIGTERM);
+    }
+}
+
+/// The virtual source a server with a session manager has, made the default by WirePlumber.
+pub const MANAGED_SOURCE: &str = "test-source";
+
+/// A `pw-record` capture stream; stopped on drop.
+pub struct CaptureStream {
+    child: Child,
+}
+
+impl Drop for CaptureStream {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, libc::SIGTERM);
     }
 }
 
