@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use common::jack::IMPULSE;
@@ -45,17 +44,8 @@ fn start_daemon(server: &PipeWireServer, dir: &std::path::Path) -> Daemon {
     )
 }
 
-/// Holds the tests of this file to one at a time. Each runs a server, a feeder under `pw-jack`
-/// and a daemon; side by side on a small machine they disturb each other's cycles so often
-/// that the tone checks, which tolerate a disturbance, would mostly check tolerance.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 #[test]
 fn each_port_is_recorded_sample_aligned_through_pipewire() {
-    let _serial = one_at_a_time();
     let server = PipeWireServer::start();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(&server, dir.path());
@@ -161,7 +151,6 @@ const GROWN_QUANTUM: u32 = 4096;
 
 #[test]
 fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_aligned() {
-    let _serial = one_at_a_time();
     let server = PipeWireServer::start_with_max_quantum(GROWN_QUANTUM);
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(&server, dir.path());
@@ -190,7 +179,6 @@ fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_
 /// ports), and the takes hold the tones, aligned, as they do without it.
 #[test]
 fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_same() {
-    let _serial = one_at_a_time();
     let mut server = PipeWireServer::start_with_session_manager();
     let dir = tempfile::tempdir().unwrap();
     let _stream = server.capture_stream(&dir.path().join("stream.wav"));
@@ -226,7 +214,6 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
 /// the take stays complete and readable.
 #[test]
 fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
-    let _serial = one_at_a_time();
     let server = PipeWireServer::start();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(&server, dir.path());
@@ -241,7 +228,6 @@ fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
 
 #[test]
 fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
-    let _serial = one_at_a_time();
     let mut server = PipeWireServer::start();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(&server, dir.path());
