@@ -236,7 +236,7 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     daemon.cli(&["track", "set", "1", "--arm", "--input", "feeder:out_1"]);
 
     daemon.cli(&["record"]);
-    sleep(1.0);
+    wait_for_position(&daemon, u64::from(RATE) * 3 / 4);
     server.kill(libc::SIGKILL);
     drop(feeder);
     wait_for(
@@ -317,29 +317,40 @@ fn three_tracks_fed(server: &PipeWireServer, daemon: &Daemon) -> PwFeeder {
     feeder
 }
 
+/// The graph's cycles during a take as the feeder saw them.
+#[derive(Clone, Copy, Debug)]
+struct FeederCycles {
+    /// Cycles the feeder ran.
+    ran: u64,
+    /// Cycles the graph ran without the feeder.
+    missed: u64,
+}
+
 /// Records: `record`, then `during` (mid-take), an impulse from the feeder, and `stop` once
-/// the take is over 1.2 s long and half a second past the impulse. Returns the cycles the
-/// graph ran without the feeder from `record` to `stop`.
-fn record_three(daemon: &Daemon, feeder: &mut PwFeeder, during: impl FnOnce()) -> u64 {
-    let missed_before = feeder.missed_cycles();
+/// the feeder is a quarter second past the impulse (the graph's clock, not ours) and the take
+/// is over 1.2 s long. Returns the feeder's cycles from `record` to `stop`.
+fn record_three(daemon: &Daemon, feeder: &mut PwFeeder, during: impl FnOnce()) -> FeederCycles {
+    let (ran, missed) = (feeder.cycles(), feeder.missed_cycles());
     daemon.cli(&["record"]);
     during();
-    // The feeder puts its impulse a quarter second ahead.
-    let asked_at = session_position(daemon);
-    feeder.impulse();
-    wait_for_position(
-        daemon,
-        (asked_at + u64::from(RATE) / 2).max(6 * u64::from(RATE) / 5),
+    let impulse = feeder.impulse();
+    wait_for(
+        || feeder.frame() > impulse + u64::from(RATE) / 4,
+        "the feeder passes the impulse",
     );
+    wait_for_position(daemon, 6 * u64::from(RATE) / 5);
     daemon.cli(&["stop"]);
-    feeder.missed_cycles() - missed_before
+    FeederCycles {
+        ran: feeder.cycles() - ran,
+        missed: feeder.missed_cycles() - missed,
+    }
 }
 
 /// Checks the three takes of the recording that just stopped: complete, more than a second
 /// long, 48 kHz to sox, the feeder's impulse at the same index in the first two, and the tones
-/// aligned ([`assert_tones_aligned`], cycles of up to `longest_cycle` frames). `feeder_missed`
-/// is what [`record_three`] returned.
-fn assert_three_takes_whole_and_aligned(daemon: &Daemon, feeder_missed: u64, longest_cycle: u32) {
+/// aligned ([`assert_tones_aligned`], cycles of up to `longest_cycle` frames). `feeder` is what
+/// [`record_three`] returned.
+fn assert_three_takes_whole_and_aligned(daemon: &Daemon, feeder: FeederCycles, longest_cycle: u32) {
     let takes = daemon.takes();
     assert_eq!(takes.len(), 3, "{takes:?}");
     let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();
@@ -351,21 +362,32 @@ fn assert_three_takes_whole_and_aligned(daemon: &Daemon, feeder_missed: u64, lon
     let xruns = daemon.cli_json(&["metrics", "--json"])["xruns"]
         .as_u64()
         .unwrap();
-    // An xrun, or a cycle the graph ran without the feeder, may break the cycle that carried
-    // the impulse (a stale buffer repeats it): then files without exactly one impulse are left
-    // to the tone checks.
+    // The impulse lands once, at the same index, in tracks 1 and 2. A cycle the graph ran
+    // without the feeder repeats its stale buffer (one more impulse at most per such cycle)
+    // and may catch it writing; an xrun may skip the cycle that carried it. Files without
+    // exactly one impulse are then left to the tone checks.
     let impulses = |wav: &Wav| -> Vec<usize> {
         (0..wav.frames())
             .filter(|&i| wav.samples[i] == IMPULSE)
             .collect()
     };
     let (first, second) = (impulses(&wavs[0]), impulses(&wavs[1]));
-    if xruns + feeder_missed == 0 || (first.len() == 1 && second.len() == 1) {
+    let most = 1 + feeder.missed as usize;
+    assert!(
+        first.len() <= most && second.len() <= most,
+        "impulses at {first:?} and {second:?} with {} feeder misses",
+        feeder.missed
+    );
+    assert!(
+        xruns > 0 || !(first.is_empty() && second.is_empty()),
+        "no impulse in the takes, and no xrun"
+    );
+    if xruns + feeder.missed == 0 || (first.len() == 1 && second.len() == 1) {
         assert_eq!(first.len(), 1, "one impulse per file, found at {first:?}");
         assert_eq!(first, second);
     }
     let at = first.first().copied().unwrap_or(usize::MAX);
-    assert_tones_aligned(&wavs, at, longest_cycle, xruns, feeder_missed);
+    assert_tones_aligned(&wavs, at, longest_cycle, xruns, feeder);
 }
 
 /// Checks that every take holds its tone, all three from the same feeder frame
@@ -376,15 +398,22 @@ fn assert_three_takes_whole_and_aligned(daemon: &Daemon, feeder_missed: u64, lon
 /// a cycle behind). Every jump falls on a cycle boundary. One xrun may do both, and the feeder
 /// does not always see the cycle it missed then, so each xrun or missed cycle counted allows
 /// two jumps and at most a cycle (`longest_cycle` frames) that is no tone. With none counted,
-/// the tones must run unbroken. With more than one cycle in eight missed, the take is too
-/// disturbed for these checks to mean anything, and the test fails.
+/// the tones must run unbroken. With more than one of the take's cycles in eight missed, the
+/// take is too disturbed for these checks to mean anything, and the test fails.
 fn assert_tones_aligned(
     wavs: &[Wav],
     at: usize,
     longest_cycle: u32,
     xruns: u64,
-    feeder_missed: u64,
+    feeder: FeederCycles,
 ) {
+    let misses = xruns + feeder.missed;
+    let cycles = feeder.ran + feeder.missed;
+    assert!(
+        misses * 8 <= cycles,
+        "{xruns} xruns and {} feeder misses in {cycles} cycles: too disturbed to check",
+        feeder.missed
+    );
     let tracks: Vec<(usize, &[f32])> = CHANNELS
         .iter()
         .zip(wavs)
@@ -425,15 +454,10 @@ fn assert_tones_aligned(
             );
         }
     }
+    let feeder_missed = feeder.missed;
     eprintln!(
         "{jumps} jump(s) and {lost} frames off the tones in the takes, {xruns} xrun(s), \
-         {feeder_missed} cycle(s) the feeder missed"
-    );
-    let misses = xruns + feeder_missed;
-    let cycles = (len / PERIOD as usize) as u64;
-    assert!(
-        misses * 8 <= cycles,
-        "{xruns} xruns and {feeder_missed} feeder misses in {cycles} cycles: too disturbed to check"
+         {feeder_missed} of {cycles} cycle(s) the feeder missed"
     );
     assert!(
         jumps as u64 <= 2 * misses,

@@ -72,12 +72,10 @@ impl JackServer {
         assert!(ok.success(), "jackd {} did not come up", self.name);
     }
 
-    /// Kills the server with `signal` and waits for it to exit.
+    /// Kills the server with `signal` and waits for it to exit (SIGKILL after 10 s).
     pub fn kill(&mut self, signal: i32) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let _ = child.wait();
+            super::stop_child(&mut child, signal);
         }
     }
 
@@ -162,6 +160,8 @@ struct FeederProcess {
     next_cycle: Option<u32>,
     /// Cycles the server ran without this client (its frame time jumped).
     missed: Arc<AtomicU64>,
+    /// Cycles this client ran.
+    cycles: Arc<AtomicU64>,
     /// Microseconds the next cycle sleeps before writing (then back to 0).
     stall_us: Arc<AtomicU64>,
 }
@@ -206,6 +206,7 @@ impl jack::ProcessHandler for FeederProcess {
         }
         self.frame
             .store(start + u64::from(scope.n_frames()), Ordering::Relaxed);
+        self.cycles.fetch_add(1, Ordering::Relaxed);
         Control::Continue
     }
 }
@@ -216,6 +217,7 @@ pub struct Feeder {
     frame: Arc<AtomicU64>,
     impulse_at: Arc<AtomicU64>,
     missed: Arc<AtomicU64>,
+    cycles: Arc<AtomicU64>,
     stall_us: Arc<AtomicU64>,
 }
 
@@ -233,6 +235,7 @@ impl Feeder {
         let frame = Arc::new(AtomicU64::new(0));
         let impulse_at = Arc::new(AtomicU64::new(u64::MAX));
         let missed = Arc::new(AtomicU64::new(0));
+        let cycles = Arc::new(AtomicU64::new(0));
         let stall_us = Arc::new(AtomicU64::new(0));
         let process = FeederProcess {
             outs,
@@ -241,6 +244,7 @@ impl Feeder {
             impulse_at: Arc::clone(&impulse_at),
             next_cycle: None,
             missed: Arc::clone(&missed),
+            cycles: Arc::clone(&cycles),
             stall_us: Arc::clone(&stall_us),
         };
         let client = client.activate_async((), process).unwrap();
@@ -249,6 +253,7 @@ impl Feeder {
             frame,
             impulse_at,
             missed,
+            cycles,
             stall_us,
         }
     }
@@ -264,6 +269,11 @@ impl Feeder {
     /// its outputs stale and its tones a period behind the graph.
     pub fn missed_cycles(&self) -> u64 {
         self.missed.load(Ordering::Relaxed)
+    }
+
+    /// Cycles the feeder has run since it started.
+    pub fn cycles(&self) -> u64 {
+        self.cycles.load(Ordering::Relaxed)
     }
 
     /// Frames the feeder has produced.

@@ -77,6 +77,16 @@ impl PipeWireServer {
     /// source the default: its policy is at work. WirePlumber's monitors of real devices (ALSA,
     /// Bluetooth, cameras) are off, so it touches none of the machine's own.
     pub fn start_with_session_manager() -> PipeWireServer {
+        // The settings below are WirePlumber 0.4's Lua configuration, which 0.5 ignores.
+        let version = Command::new("wireplumber")
+            .arg("--version")
+            .output()
+            .expect("wireplumber must be installed (scripts/install-deps)");
+        let version = String::from_utf8_lossy(&version.stdout);
+        assert!(
+            version.contains("libwireplumber 0.4."),
+            "these tests configure WirePlumber 0.4 (its Lua files); found:\n{version}"
+        );
         let mut server = PipeWireServer::configured(PERIOD);
         let devices = |name: &str, class: &str| {
             format!(
@@ -170,6 +180,7 @@ impl PipeWireServer {
             .env("XDG_CONFIG_HOME", &self.config_dir)
             .env("XDG_STATE_HOME", &self.state_dir)
             .env_remove("PIPEWIRE_REMOTE")
+            .env_remove("WIREPLUMBER_CONFIG_DIR")
             .env_remove("JACK_DEFAULT_SERVER")
             .stdin(Stdio::null());
         command
@@ -349,21 +360,37 @@ impl PwFeeder {
         }
     }
 
-    /// Cycles the graph ran without the feeder so far (see [`Feeder::missed_cycles`]).
-    pub fn missed_cycles(&mut self) -> u64 {
-        writeln!(self.stdin, "missed").unwrap();
+    /// Sends `command` and returns the number the feeder answers with (`<command> N`).
+    fn ask(&mut self, command: &str) -> u64 {
+        writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
+        let prefix = format!("{command} ");
         let line = self
             .stdout
-            .find_map(|line| line.ok().filter(|l| l.starts_with("missed ")))
+            .find_map(|line| line.ok().filter(|l| l.starts_with(&prefix)))
             .expect("the feeder answers");
-        line["missed ".len()..].parse().unwrap()
+        line[prefix.len()..].parse().unwrap()
     }
 
-    /// Asks for an impulse on outputs 1 and 2 a quarter second from now.
-    pub fn impulse(&mut self) {
-        writeln!(self.stdin, "impulse").unwrap();
-        self.stdin.flush().unwrap();
+    /// Cycles the graph ran without the feeder so far (see [`Feeder::missed_cycles`]).
+    pub fn missed_cycles(&mut self) -> u64 {
+        self.ask("missed")
+    }
+
+    /// Cycles the feeder has run so far.
+    pub fn cycles(&mut self) -> u64 {
+        self.ask("cycles")
+    }
+
+    /// Frames the feeder has produced so far.
+    pub fn frame(&mut self) -> u64 {
+        self.ask("frame")
+    }
+
+    /// Asks for an impulse on outputs 1 and 2 a quarter second from now; returns its feeder
+    /// frame (see [`PwFeeder::frame`]).
+    pub fn impulse(&mut self) -> u64 {
+        self.ask("impulse")
     }
 
     /// Makes the feeder's next cycle sleep for `duration` before writing (see
@@ -382,9 +409,10 @@ impl Drop for PwFeeder {
 }
 
 /// The body of the feeder process: a [`Feeder`] over the JACK API (PipeWire's libjack under
-/// `pw-jack`) that, until stdin closes, puts an impulse on outputs 1 and 2 for every `impulse`
-/// line on stdin, prints `missed N` (its missed cycles) for every `missed` line and stalls a
-/// cycle for every `stall MICROSECONDS` line. Returns at once when [`FEEDER_ENV`] is not set.
+/// `pw-jack`) that, until stdin closes, answers each line on stdin: `impulse` puts an impulse
+/// on outputs 1 and 2 a quarter second ahead and prints `impulse FRAME`; `missed`, `cycles`
+/// and `frame` print `missed N` (its missed cycles), `cycles N` (cycles run) and `frame N`;
+/// `stall MICROSECONDS` stalls its next cycle. Returns at once when [`FEEDER_ENV`] is not set.
 pub fn run_feeder_process() {
     let Ok(list) = std::env::var(FEEDER_ENV) else {
         return;
@@ -397,10 +425,10 @@ pub fn run_feeder_process() {
     println!("feeder ready");
     for line in std::io::stdin().lines() {
         match line.unwrap().trim() {
-            "impulse" => {
-                feeder.impulse_in(u64::from(RATE) / 4);
-            }
+            "impulse" => println!("impulse {}", feeder.impulse_in(u64::from(RATE) / 4)),
             "missed" => println!("missed {}", feeder.missed_cycles()),
+            "cycles" => println!("cycles {}", feeder.cycles()),
+            "frame" => println!("frame {}", feeder.frame()),
             command => {
                 if let Some(micros) = command.strip_prefix("stall ") {
                     feeder.stall(Duration::from_micros(micros.parse().unwrap()));
