@@ -7,10 +7,10 @@
 //! The other tests: the quantum forced from 256 to 4096 frames mid-take grows the node's
 //! buffers and the takes stay whole and aligned; WirePlumber beside the server, linking a
 //! capture stream to its default source, leaves the node and its links alone and the takes
-//! are the same; a feeder stalling a cycle for 50 ms is an
-//! xrun counted and marked in the take; a server killed mid-take leaves the daemon
-//! up with readable takes, and when the server returns the node, its ports and links are back
-//! and recording resumes into new takes; the links are made again after a daemon restart.
+//! are the same; a feeder stalling a cycle for 50 ms is an xrun counted and marked in the
+//! take; a server killed mid-take leaves the daemon up with readable takes, and when the
+//! server returns the node, its ports and links are back and recording resumes into new
+//! takes; the links are made again after a daemon restart.
 #![cfg(all(feature = "pipewire", feature = "jack"))]
 
 mod common;
@@ -102,7 +102,7 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         daemon.cli(&["track", "set", &track.to_string(), "--arm"]);
     }
 
-    let missed = record_three(&daemon, &mut feeder, || {});
+    let cycles = record_three(&daemon, &mut feeder, || {});
 
     // One quantum in, plus the quantum the processor works in.
     let latency = daemon.cli_json(&["metrics", "--json"])["averageLatency"]
@@ -113,7 +113,7 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         (latency - expected).abs() < 1e-6,
         "averageLatency {latency} ms"
     );
-    assert_three_takes_whole_and_aligned(&daemon, missed, PERIOD);
+    assert_three_takes_whole_and_aligned(&daemon, cycles, PERIOD);
 
     // A rename gives the track new ports with the same links.
     daemon.cli(&["track", "set", "3", "--name", "Lead Vox"]);
@@ -156,7 +156,7 @@ fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_
     let daemon = start_daemon(&server, dir.path());
     let mut feeder = three_tracks_fed(&server, &daemon);
     // The impulse comes after the change.
-    let missed = record_three(&daemon, &mut feeder, || {
+    let cycles = record_three(&daemon, &mut feeder, || {
         wait_for_position(&daemon, u64::from(RATE) / 4);
         server.force_quantum(GROWN_QUANTUM);
         wait_for(
@@ -170,7 +170,7 @@ fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_
         log.contains("a node's buffers grow to 2048-frame chunks"),
         "the node's buffers did not grow:\n{log}"
     );
-    assert_three_takes_whole_and_aligned(&daemon, missed, GROWN_QUANTUM);
+    assert_three_takes_whole_and_aligned(&daemon, cycles, GROWN_QUANTUM);
 }
 
 /// WirePlumber, the session manager of PipeWire desktops, runs beside the node with a default
@@ -188,7 +188,7 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
     );
     let daemon = start_daemon(&server, dir.path());
     let mut feeder = three_tracks_fed(&server, &daemon);
-    let missed = record_three(&daemon, &mut feeder, || {});
+    let cycles = record_three(&daemon, &mut feeder, || {});
 
     assert!(
         server.session_manager_running(),
@@ -206,7 +206,7 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
             && !links.contains("overdub:demo.master_out_R\n  |->"),
         "the master outputs were linked by someone:\n{links}"
     );
-    assert_three_takes_whole_and_aligned(&daemon, missed, PERIOD);
+    assert_three_takes_whole_and_aligned(&daemon, cycles, PERIOD);
 }
 
 /// The feeder stalls one cycle for 50 ms mid-take: the cycles PipeWire runs without overdub's

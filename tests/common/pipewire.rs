@@ -1,8 +1,7 @@
 //! A private PipeWire server (own `XDG_RUNTIME_DIR`, quantum 256 at 48 kHz through a config
-//! drop-in; no session manager, or WirePlumber on a private bus with a virtual sink and
-//! source and no access to real devices; the quantum can be forced
-//! larger mid-test) and a feeder: this test binary run again under `pw-jack` as a
-//! JACK client (`feeder`, outputs `out_1`… carrying tones, see [`super::jack::Feeder`]).
+//! drop-in; no session manager, or WirePlumber on a private bus with a virtual sink and source
+//! and no access to real devices; the quantum can be forced larger mid-test) and a feeder:
+//! this test binary run again under `pw-jack` as a JACK client (`feeder`, outputs `out_1`… carrying tones, see [`super::jack::Feeder`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
