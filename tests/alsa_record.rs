@@ -137,33 +137,3 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
     drop(daemon);
     drop(feeder);
 }
-
-/// Splits the takes from frame `from` into runs over which every track matches its tone from
-/// one common feeder frame, and counts the frames (in steps of 16) where the tracks are not
-/// their tones from one common frame. Returns the runs (first frame, length, feeder frame mod
-/// 4800) and that count.
-fn aligned_runs(tracks: &[(usize, &[f32])], from: usize) -> (Vec<(usize, usize, u64)>, usize) {
-    const STEP: usize = 16;
-    let frames = tracks[0].1.len();
-    let mut runs = Vec::new();
-    let mut lost = 0;
-    let mut at = from;
-    while at < frames {
-        let Some(k) = find_offset(tracks, at) else {
-            let step = STEP.min(frames - at);
-            lost += step;
-            at += step;
-            continue;
-        };
-        // A jump can be invisible in a tone whose cycle divides it: the run ends where the
-        // first track breaks.
-        let length = tracks
-            .iter()
-            .map(|(channel, samples)| matching_run(*channel, samples, at, k))
-            .min()
-            .unwrap_or(0);
-        runs.push((at, length, k));
-        at += length.max(1);
-    }
-    (runs, lost)
-}
