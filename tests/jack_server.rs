@@ -52,7 +52,11 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
         .unwrap();
     assert!(ok.success());
     wait_for(
-        || saved_outputs(&data).contains(&("master_out_L".into(), "system:playback_1".into())),
+        || {
+            daemon
+                .saved_outputs()
+                .contains(&("master_out_L".into(), "system:playback_1".into()))
+        },
         "the master's connection is stored",
     );
 
@@ -199,20 +203,4 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
         "no Error signal:\n{signals}"
     );
     daemon.terminate();
-}
-
-/// The output connections stored in the daemon's database (read-only, beside the daemon).
-fn saved_outputs(data: &std::path::Path) -> Vec<(String, String)> {
-    let db = rusqlite::Connection::open_with_flags(
-        data.join("overdub.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = db
-        .prepare("SELECT port, peers FROM output_connections ORDER BY port")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
 }

@@ -9,8 +9,9 @@
 //! capture stream to its default source, leaves the node and its links alone and the takes
 //! are the same; a feeder stalling a cycle for 50 ms is an xrun counted and marked in the
 //! take; a server killed mid-take leaves the daemon up with readable takes, and when the
-//! server returns the node, its ports and links are back and recording resumes into new
-//! takes; the links are made again after a daemon restart.
+//! server returns the node, its ports and links (inputs and the master's) are back and
+//! recording resumes into new takes; links to programs that quit are kept and made again when
+//! they return, also across a daemon restart.
 #![cfg(all(feature = "pipewire", feature = "jack"))]
 
 mod common;
@@ -18,7 +19,7 @@ mod common;
 use std::time::Duration;
 
 use common::jack::IMPULSE;
-use common::pipewire::{run_feeder_process, PipeWireServer, PwFeeder, MANAGED_SOURCE};
+use common::pipewire::{run_feeder_process, PipeWireServer, PwFeeder, MANAGED_SOURCE, SINK_PORT};
 use common::*;
 
 /// Tone channels (frequencies 200 + 20 × channel Hz) of the feeder's three outputs.
@@ -234,11 +235,20 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     daemon.cli(&["session", "create", "live", "--tracks", "1"]);
     let feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS[..1]);
     daemon.cli(&["track", "set", "1", "--arm", "--input", "feeder:out_1"]);
+    // Where the master is linked is stored, as on JACK.
+    let sink = server.sink();
+    server.link(MASTER_L, SINK_PORT);
+    let stored = vec![("master_out_L".to_string(), SINK_PORT.to_string())];
+    wait_for(
+        || daemon.saved_outputs() == stored,
+        "the master's link is stored",
+    );
 
     daemon.cli(&["record"]);
     wait_for_position(&daemon, u64::from(RATE) * 3 / 4);
     server.kill(libc::SIGKILL);
     drop(feeder);
+    drop(sink);
     wait_for(
         || daemon.cli_json(&["status", "--json"])["sessions"][0]["state"] == "stopped",
         "the transport stops when the server dies",
@@ -260,18 +270,23 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
         daemon.take_events()
     );
 
-    // The server returns: the node and its ports within 5 s, the link once the feeder is back,
-    // and recording resumes into a new take.
+    // The server returns: the node and its ports within 5 s, the links once the feeder and the
+    // sink are back, and recording resumes into a new take.
     server.restart();
     assert!(
-        server.wait_for_port("overdub:live.track-1.in", false, Duration::from_secs(5)),
+        server.wait_for_port(TRACK_1, false, Duration::from_secs(5)),
         "ports back within 5 s:\n{}",
         daemon.log()
     );
     let feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS[..1]);
+    let sink = server.sink();
     wait_for(
-        || server.links_into("overdub:live.track-1.in") == ["feeder:out_1"],
+        || server.links_into(TRACK_1) == ["feeder:out_1"],
         "the link is restored when the feeder returns",
+    );
+    wait_for(
+        || server.links_into(SINK_PORT) == [MASTER_L],
+        "the master's link is restored when its sink returns",
     );
     wait_for(
         || daemon.cli_json(&["status", "--json"])["sessions"][0]["state"] == "recording",
@@ -283,26 +298,54 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     assert_eq!(takes.len(), 2, "a new take: {takes:?}");
     assert!(takes.iter().all(|t| t.status == "complete"), "{takes:?}");
 
-    // A daemon restart: the session comes back with its ports and the stored link.
+    // Programs that quit while the server runs: the links they had stay the track's input and
+    // the master's stored link.
+    drop(feeder);
+    drop(sink);
+    wait_for(
+        || !server.has_port("feeder:out_1", true) && !server.has_port(SINK_PORT, false),
+        "the feeder and the sink are gone",
+    );
+    sleep(0.5);
+    let input = || daemon.cli_json(&["session", "show", "--json"])["tracks"][0]["input"].clone();
+    assert_eq!(input(), "feeder:out_1", "{}", daemon.log());
+    assert_eq!(daemon.saved_outputs(), stored);
+
+    // A daemon restart while they are gone: the session comes back with its ports, the input
+    // and the master's link are kept, and both are linked when their programs start again.
     let mut daemon = daemon;
     daemon.terminate();
     wait_for(
-        || !server.has_port("overdub:live.track-1.in", false),
+        || !server.has_port(TRACK_1, false),
         "the node's ports go with the daemon",
     );
     let mut daemon = start_daemon(&server, dir.path());
     assert!(
-        server.wait_for_port("overdub:live.track-1.in", false, Duration::from_secs(5)),
+        server.wait_for_port(TRACK_1, false, Duration::from_secs(5)),
         "ports back after a daemon restart:\n{}",
         daemon.log()
     );
+    let input = || daemon.cli_json(&["session", "show", "--json"])["tracks"][0]["input"].clone();
+    assert_eq!(input(), "feeder:out_1", "{}", daemon.log());
+    let feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS[..1]);
+    let sink = server.sink();
     wait_for(
-        || server.links_into("overdub:live.track-1.in") == ["feeder:out_1"],
+        || server.links_into(TRACK_1) == ["feeder:out_1"],
         "the stored link is made again after a daemon restart",
     );
+    wait_for(
+        || server.links_into(SINK_PORT) == [MASTER_L],
+        "the master's stored link is made again after a daemon restart",
+    );
+    assert_eq!(daemon.saved_outputs(), stored);
     drop(feeder);
+    drop(sink);
     daemon.terminate();
 }
+
+/// The input port of track 1 and the left master output of session `live`.
+const TRACK_1: &str = "overdub:live.track-1.in";
+const MASTER_L: &str = "overdub:live.master_out_L";
 
 /// Creates session `demo` of three tracks, starts the feeder and links each track to its
 /// output with the CLI, armed.

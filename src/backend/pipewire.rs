@@ -13,9 +13,11 @@
 //! replace comes back on another queue and is removed off the real-time thread. A track's
 //! `input` word is the set of PipeWire ports linked to its input ports, named
 //! `<node.name>:<port.name>` as `pw-link` shows them: channels separated by `,`, several sources
-//! of one channel by `+` (`test-feeder:out_1,test-feeder:out_2`); `none` unlinks. Links are
+//! of one channel by `+` (`test-feeder:out_1,test-feeder:out_2`); `none` unlinks. Where the
+//! master outputs are linked is kept the same way (role → `+` peers, as on JACK). Links are
 //! created through the `link-factory`, and links made by other programs are seen in the registry
-//! and reported so control can store them.
+//! and reported so control can store them; a link whose peer's program quits stays in the word
+//! and is made again when the peer's port appears.
 //!
 //! When the server goes away (the core reports `EPIPE`, or the filter errors) the graph destroys
 //! the filter, takes every node back from the process data (which it owns), reports the loss and
@@ -72,6 +74,9 @@ const DSP_FORMAT: &str = "32 bit float mono audio";
 /// Proxies of links overdub made are dropped when the registry has not shown their link for
 /// this long (the link was removed, or never came).
 const LINK_PROXY_GRACE: Duration = Duration::from_secs(5);
+/// How long the registry must have been still before control reads the links of touched
+/// ports (see [`Model::changed`]).
+const REGISTRY_SETTLE: Duration = Duration::from_millis(100);
 
 /// The settings of the PipeWire node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,8 +324,13 @@ struct Model {
     ports: BTreeMap<u32, PortFacts>,
     /// Link id → (output port, input port).
     links: BTreeMap<u32, (u32, u32)>,
-    /// Input ports whose links changed since control last looked.
+    /// Ports whose links changed since control last looked (both ends of each link).
     touched: Vec<u32>,
+    /// When a node, port or link last came or went: a program that quits has its links, ports
+    /// and node removed one event at a time, so control reads touched ports only once this is
+    /// [`REGISTRY_SETTLE`] old (a link gone while its port still shows is not a user's unlink).
+    /// Other objects (clients such as `pw-link` connecting) do not count.
+    changed: Option<Instant>,
     /// `default.clock.rate` and `default.clock.quantum` from the core's info.
     default_rate: Option<u32>,
     default_quantum: Option<u32>,
@@ -348,26 +358,52 @@ impl Model {
             .map(|(&id, facts)| (id, facts))
     }
 
-    /// The output ports linked into `input`, sorted by name.
-    fn sources(&self, input: u32) -> Vec<String> {
+    /// The ports linked with `port` (into it when `port` is an input, out of it when an
+    /// output), as a `+` group sorted by name, keeping the names of `saved` whose ports do not
+    /// exist now: a link gone because its peer's program quit (or has not started yet) is not
+    /// the user's, and is made again when the port appears.
+    fn read_peers(&self, port: u32, saved: &[String]) -> String {
         let mut names: Vec<String> = self
             .links
             .values()
-            .filter(|(_, to)| *to == input)
-            .filter_map(|(from, _)| self.full_name(*from))
+            .filter_map(|&(from, to)| match (from == port, to == port) {
+                (_, true) => self.full_name(from),
+                (true, _) => self.full_name(to),
+                _ => None,
+            })
             .collect();
+        for missing in saved {
+            if self.find(missing).is_none() && !names.contains(missing) {
+                names.push(missing.clone());
+            }
+        }
         names.sort();
-        names
+        names.join("+")
     }
 
-    /// The input word of a track's ports as the graph has them linked now.
-    fn read_input(&self, ports: &[u32]) -> String {
-        let groups: Vec<String> = ports.iter().map(|&p| self.sources(p).join("+")).collect();
+    /// The input word of a track's ports as the graph has them linked now (sources of the
+    /// `stored` word that do not exist now stay in it, see [`Model::read_peers`]).
+    fn read_input(&self, ports: &[u32], stored: &str) -> String {
+        let channels = u8::try_from(ports.len()).unwrap_or(2);
+        let stored = parse_input(stored, channels).unwrap_or_default();
+        let groups: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(channel, &port)| {
+                self.read_peers(port, stored.get(channel).map_or(&[], Vec::as_slice))
+            })
+            .collect();
         if groups.iter().all(String::is_empty) {
             "none".into()
         } else {
             groups.join(",")
         }
+    }
+
+    /// Whether control should read the touched ports now (see [`Model::changed`]).
+    fn settled(&self) -> bool {
+        self.changed
+            .is_none_or(|at| at.elapsed() >= REGISTRY_SETTLE)
     }
 
     fn global(
@@ -376,6 +412,12 @@ impl Model {
         type_: &ObjectType,
         props: Option<&pw::spa::utils::dict::DictRef>,
     ) {
+        if matches!(
+            type_,
+            ObjectType::Node | ObjectType::Port | ObjectType::Link
+        ) {
+            self.changed = Some(Instant::now());
+        }
         let get = |key: &str| props.and_then(|p| p.get(key));
         let number = |key: &str| get(key).and_then(|v| v.parse::<u32>().ok());
         match type_ {
@@ -405,6 +447,7 @@ impl Model {
                 {
                     self.links.insert(id, (from, to));
                     self.touch(to);
+                    self.touch(from);
                 }
             }
             _ => {}
@@ -412,13 +455,20 @@ impl Model {
     }
 
     fn global_remove(&mut self, id: u32) {
-        self.nodes.remove(&id);
-        if self.ports.remove(&id).is_some() {
+        let node = self.nodes.remove(&id).is_some();
+        let port = self.ports.remove(&id).is_some();
+        if port {
             self.touched.retain(|&port| port != id);
         }
-        if let Some((_, to)) = self.links.remove(&id) {
-            if self.ports.contains_key(&to) {
-                self.touch(to);
+        let link = self.links.remove(&id);
+        if node || port || link.is_some() {
+            self.changed = Some(Instant::now());
+        }
+        if let Some((from, to)) = link {
+            for port in [to, from] {
+                if self.ports.contains_key(&port) {
+                    self.touch(port);
+                }
             }
         }
     }
@@ -828,77 +878,103 @@ impl Connection {
         })
     }
 
-    /// Resolves an input word into one set of source port ids per channel.
+    /// Resolves an input word into one set of source port ids per channel, every source
+    /// present now.
     fn resolve(&self, input: &str, channels: u8) -> Result<Vec<Vec<u32>>, BackendError> {
-        let groups = parse_input(input, channels)?;
-        let model = lock(&self.signals.model);
-        groups
-            .iter()
-            .map(|group| {
-                group
-                    .iter()
-                    .map(|name| match model.find(name) {
-                        Some((id, facts)) if facts.output && facts.audio && facts.node != self.node_id => Ok(id),
-                        Some(_) => Err(BackendError::input(format!(
-                            "{name:?} is not an audio output port of another node, so it cannot feed a track"
-                        ))),
-                        None => Err(BackendError::input(format!(
-                            "no PipeWire port {name:?} (see `overdub devices` or `pw-link -o`)"
-                        ))),
-                    })
-                    .collect()
-            })
-            .collect()
+        let (ids, missing) = self.resolve_present(input, channels)?;
+        match missing.first() {
+            Some(name) => Err(BackendError::input(format!(
+                "no PipeWire port {name:?} (see `overdub devices` or `pw-link -o`)"
+            ))),
+            None => Ok(ids),
+        }
     }
 
-    /// Makes the links into `ports` exactly those of `input` and waits until the registry
-    /// shows them.
-    fn link_input(&mut self, ports: &[u32], input: &str) -> Result<(), BackendError> {
-        let wanted = self.resolve(input, u8::try_from(ports.len()).unwrap_or(2))?;
-        let current: Vec<(u32, u32, u32)> = {
-            let model = lock(&self.signals.model);
-            model
-                .links
-                .iter()
-                .filter(|(_, (_, to))| ports.contains(to))
-                .map(|(&id, &(from, to))| (id, from, to))
-                .collect()
-        };
-        {
-            let _lock = LoopLock::new(&self.thread_loop);
-            let (Some(core), Some(registry)) = (self.core.as_ref(), self.registry.as_ref()) else {
-                return Err(BackendError::failed("the PipeWire server is gone"));
-            };
-            for (port, sources) in ports.iter().zip(&wanted) {
-                for &(id, from, to) in current.iter().filter(|l| l.2 == *port) {
-                    if sources.contains(&from) {
-                        continue;
+    /// Resolves an input word into one set of source port ids per channel, leaving out the
+    /// sources that do not exist now, which come back by name. A port that exists but is no
+    /// audio output of another node is an error.
+    fn resolve_present(
+        &self,
+        input: &str,
+        channels: u8,
+    ) -> Result<(Vec<Vec<u32>>, Vec<String>), BackendError> {
+        let groups = parse_input(input, channels)?;
+        let model = lock(&self.signals.model);
+        let mut missing = Vec::new();
+        let mut ids = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let mut channel = Vec::with_capacity(group.len());
+            for name in group {
+                match model.find(name) {
+                    Some((id, facts))
+                        if facts.output && facts.audio && facts.node != self.node_id =>
+                    {
+                        channel.push(id)
                     }
-                    if self.links.remove(&(from, to)).is_none() {
-                        let _ = registry.destroy_global(id);
+                    Some(_) => {
+                        return Err(BackendError::input(format!(
+                            "{name:?} is not an audio output port of another node, so it cannot feed a track"
+                        )))
+                    }
+                    None => missing.push(name.clone()),
+                }
+            }
+            ids.push(channel);
+        }
+        Ok((ids, missing))
+    }
+
+    /// Whether the registry is settled and shows no change to `ports`' links that control has
+    /// not read yet.
+    fn quiet(&self, ports: &[u32]) -> bool {
+        let model = lock(&self.signals.model);
+        model.settled() && !ports.iter().any(|p| model.touched.contains(p))
+    }
+
+    /// Whether a source of `input` exists now but is not linked into its port of `ports`, with
+    /// every change to their links read (see [`Connection::quiet`]).
+    fn source_appeared(&self, ports: &[u32], input: &str) -> bool {
+        let channels = u8::try_from(ports.len()).unwrap_or(2);
+        let Ok((wanted, _)) = self.resolve_present(input, channels) else {
+            return false;
+        };
+        if !self.quiet(ports) {
+            return false;
+        }
+        let model = lock(&self.signals.model);
+        ports.iter().zip(&wanted).any(|(&port, sources)| {
+            sources
+                .iter()
+                .any(|&source| !model.links.values().any(|&l| l == (source, port)))
+        })
+    }
+
+    /// Makes the links into `ports` exactly those of `input` (of its sources that exist now)
+    /// and waits until the registry shows them. Answers whether every source was there: the
+    /// others are linked when they appear (see [`PipeWireSession::poll`]).
+    fn link_input(&mut self, ports: &[u32], input: &str) -> Result<bool, BackendError> {
+        let channels = u8::try_from(ports.len()).unwrap_or(2);
+        let (wanted, missing) = self.resolve_present(input, channels)?;
+        let mut stale = Vec::new();
+        let mut new = Vec::new();
+        {
+            let model = lock(&self.signals.model);
+            for (&port, sources) in ports.iter().zip(&wanted) {
+                for (&id, &(from, to)) in &model.links {
+                    if to == port && !sources.contains(&from) {
+                        stale.push((id, (from, to)));
                     }
                 }
                 for &source in sources {
-                    if current.iter().any(|l| l.1 == source && l.2 == *port) {
-                        continue;
+                    if !model.links.values().any(|&l| l == (source, port))
+                        && !new.contains(&(source, port))
+                    {
+                        new.push((source, port));
                     }
-                    // A proxy without its link (removed by someone else): replace it.
-                    self.links.remove(&(source, *port));
-                    let props = pw::properties::properties! {
-                        "link.output.port" => source.to_string(),
-                        "link.input.port" => port.to_string(),
-                    };
-                    let link = core
-                        .create_object::<Link>("link-factory", &props)
-                        .map_err(|e| {
-                            BackendError::failed(format!(
-                                "cannot link port {source} to {port}: {e}"
-                            ))
-                        })?;
-                    self.links.insert((source, *port), (Instant::now(), link));
                 }
             }
         }
+        self.relink(&stale, &new)?;
         let settled = self.wait(|conn| {
             let model = lock(&conn.signals.model);
             ports
@@ -919,15 +995,99 @@ impl Connection {
                 })
                 .then_some(())
         });
-        // What overdub did itself is not news for control.
-        lock(&self.signals.model)
-            .touched
-            .retain(|port| !ports.contains(port));
+        self.untouch(ports);
         settled.ok_or_else(|| {
             BackendError::failed(format!(
                 "PipeWire did not make the links of {input:?} in time"
             ))
-        })
+        })?;
+        Ok(missing.is_empty())
+    }
+
+    /// Links output `port` to each of `peers` (input port names, `+` separated) that exists
+    /// and is not linked to it yet, leaving its other links alone, and waits until the registry
+    /// shows them. Answers whether every peer was there (the others are linked when they
+    /// appear).
+    fn link_output(&mut self, port: u32, peers: &str) -> Result<bool, BackendError> {
+        let mut new = Vec::new();
+        let mut missing = false;
+        {
+            let model = lock(&self.signals.model);
+            for name in peers.split('+').filter(|p| !p.is_empty()) {
+                match model.find(name) {
+                    Some((id, facts))
+                        if !facts.output && facts.audio && facts.node != self.node_id =>
+                    {
+                        if !model.links.values().any(|&l| l == (port, id)) {
+                            new.push((port, id));
+                        }
+                    }
+                    Some(_) => {
+                        return Err(BackendError::failed(format!(
+                            "{name:?} is not an audio input port of another node"
+                        )))
+                    }
+                    None => missing = true,
+                }
+            }
+        }
+        self.relink(&[], &new)?;
+        let settled = self.wait(|conn| {
+            let model = lock(&conn.signals.model);
+            new.iter()
+                .all(|pair| model.links.values().any(|l| l == pair))
+                .then_some(())
+        });
+        self.untouch(&[port]);
+        settled.ok_or_else(|| {
+            BackendError::failed(format!(
+                "PipeWire did not make the links to {peers:?} in time"
+            ))
+        })?;
+        Ok(!missing)
+    }
+
+    /// Destroys the `stale` links (id, (output port, input port)) and creates the `new` ones
+    /// through the link-factory, keeping their proxies.
+    fn relink(
+        &mut self,
+        stale: &[(u32, (u32, u32))],
+        new: &[(u32, u32)],
+    ) -> Result<(), BackendError> {
+        if stale.is_empty() && new.is_empty() {
+            return Ok(());
+        }
+        let _lock = LoopLock::new(&self.thread_loop);
+        let (Some(core), Some(registry)) = (self.core.as_ref(), self.registry.as_ref()) else {
+            return Err(BackendError::failed("the PipeWire server is gone"));
+        };
+        for (id, pair) in stale {
+            if self.links.remove(pair).is_none() {
+                let _ = registry.destroy_global(*id);
+            }
+        }
+        for &(from, to) in new {
+            // A proxy without its link (removed by someone else): replace it.
+            self.links.remove(&(from, to));
+            let props = pw::properties::properties! {
+                "link.output.port" => from.to_string(),
+                "link.input.port" => to.to_string(),
+            };
+            let link = core
+                .create_object::<Link>("link-factory", &props)
+                .map_err(|e| {
+                    BackendError::failed(format!("cannot link port {from} to {to}: {e}"))
+                })?;
+            self.links.insert((from, to), (Instant::now(), link));
+        }
+        Ok(())
+    }
+
+    /// What overdub did to `ports`' links itself is not news for control.
+    fn untouch(&self, ports: &[u32]) {
+        lock(&self.signals.model)
+            .touched
+            .retain(|port| !ports.contains(port));
     }
 
     /// Drops the proxies of links the registry has not shown for a while.
@@ -985,8 +1145,8 @@ struct TrackMeta {
     port_ids: Vec<u32>,
     /// The filter ports, empty while the server is gone.
     handles: Vec<PortHandle>,
-    /// The input could not be restored when the server returned (its sources were not there
-    /// yet): tried again at every poll until they are.
+    /// Some source of the input does not exist now (its program is not running): each is
+    /// linked at the first poll that finds it.
     pending: bool,
 }
 
@@ -1002,6 +1162,34 @@ struct NodeMeta {
     restored_pending: bool,
     /// Xruns of the connection already added to the session's counters.
     xruns_seen: u64,
+    /// Registry ids of the master outputs (L, R), empty while the server is gone.
+    master_ids: Vec<u32>,
+    /// Where the outputs are linked: role (`master_out_L`) → peers (`+`), as stored with the
+    /// session; peers that do not exist now stay.
+    outputs: BTreeMap<String, String>,
+    /// Some saved peer of an output does not exist now: linked at the first poll that finds it.
+    outputs_pending: bool,
+}
+
+/// The roles of a node's outputs (their stored names) and their port names.
+fn master_ports(prefix: &str) -> [(&'static str, String); 2] {
+    ["master_out_L", "master_out_R"].map(|role| (role, format!("{prefix}.{role}")))
+}
+
+/// Links a node's outputs to their saved peers that exist (see [`Connection::link_output`]);
+/// answers whether some peer is still missing.
+fn link_outputs(connection: &mut Connection, meta: &NodeMeta) -> bool {
+    let mut pending = false;
+    for ((role, _), &port) in master_ports(&meta.prefix).iter().zip(&meta.master_ids) {
+        let Some(peers) = meta.outputs.get(*role) else {
+            continue;
+        };
+        match connection.link_output(port, peers) {
+            Ok(complete) => pending |= !complete,
+            Err(e) => tracing::warn!("restoring the links of {role}: {e}"),
+        }
+    }
+    pending
 }
 
 /// Mutable state of the graph, behind one lock (control threads only).
@@ -1209,7 +1397,7 @@ impl PipeWireGraph {
             .connection
             .as_mut()
             .ok_or_else(|| BackendError::failed("the PipeWire server is gone"))?;
-        let master = add_master(connection, &prefix)?;
+        let (master, master_ids) = add_master(connection, &prefix)?;
         let buffers = NodeBuffers::new(max_tracks, period);
         let chunk = buffers.chunk();
         let node = Box::new(Node {
@@ -1234,6 +1422,9 @@ impl PipeWireGraph {
             lost_pending: false,
             restored_pending: false,
             xruns_seen,
+            master_ids,
+            outputs: BTreeMap::new(),
+            outputs_pending: false,
         });
         Ok(Box::new(PipeWireSession {
             graph: Arc::clone(self),
@@ -1299,6 +1490,7 @@ impl PipeWireGraph {
             for meta in state.nodes.iter_mut().flatten() {
                 meta.lost_pending = true;
                 meta.restored_pending = false;
+                meta.master_ids.clear();
                 for track in meta.tracks.values_mut() {
                     track.port_ids.clear();
                     track.handles.clear();
@@ -1337,7 +1529,10 @@ impl PipeWireGraph {
                 continue;
             };
             match add_master(&mut connection, &meta.prefix) {
-                Ok(master) => node.master = master,
+                Ok((master, ids)) => {
+                    node.master = master;
+                    meta.master_ids = ids;
+                }
                 Err(e) => {
                     tracing::error!("{e}");
                     state.parked[index] = Some(node);
@@ -1369,14 +1564,15 @@ impl PipeWireGraph {
                 continue;
             }
             for track in meta.tracks.values_mut() {
-                if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
-                    tracing::warn!(
-                        "restoring the input of track {:?}: {e}; trying again when the ports appear",
-                        track.base
-                    );
-                    track.pending = true;
-                }
+                track.pending = match connection.link_input(&track.port_ids, &track.input) {
+                    Ok(complete) => !complete,
+                    Err(e) => {
+                        tracing::warn!("restoring the input of track {:?}: {e}", track.base);
+                        true
+                    }
+                };
             }
+            meta.outputs_pending = link_outputs(&mut connection, meta);
             meta.lost_pending = false;
             meta.restored_pending = true;
             meta.xruns_seen = connection.signals.xruns.load(Ordering::Relaxed);
@@ -1385,16 +1581,14 @@ impl PipeWireGraph {
     }
 }
 
-/// Adds the master outputs of a session.
-fn add_master(connection: &mut Connection, prefix: &str) -> Result<[PortHandle; 2], BackendError> {
-    let left = connection.add_port(&format!("{prefix}.master_out_L"), true)?;
-    match connection.add_port(&format!("{prefix}.master_out_R"), true) {
-        Ok(right) => Ok([left, right]),
-        Err(e) => {
-            connection.remove_ports([left]);
-            Err(e)
-        }
-    }
+/// Adds the master outputs of a session and waits for their registry ids.
+fn add_master(
+    connection: &mut Connection,
+    prefix: &str,
+) -> Result<([PortHandle; 2], Vec<u32>), BackendError> {
+    let names = master_ports(prefix).map(|(_, name)| name);
+    let (handles, ids) = add_ports(connection, &names, true)?;
+    Ok(([handles[0], handles[1]], ids))
 }
 
 /// The track part of a track's port names, unique among the node's other tracks.
@@ -1414,11 +1608,25 @@ fn add_track(
     base: &str,
     channels: u8,
 ) -> Result<(TrackPorts, Vec<u32>), BackendError> {
-    let mut ports = TrackPorts::new([None, None]);
-    let mut ids = Vec::new();
-    for (channel, name) in track_port_names(prefix, base, channels).iter().enumerate() {
-        let added = connection.add_port(name, false).and_then(|port| {
-            ports.ports[channel] = Some(port);
+    let (handles, ids) = add_ports(connection, &track_port_names(prefix, base, channels), false)?;
+    Ok((
+        TrackPorts::new([handles.first().copied(), handles.get(1).copied()]),
+        ids,
+    ))
+}
+
+/// Adds a port for each of `names` (outputs or inputs) and waits for their registry ids; on
+/// failure, removes the ones it added.
+fn add_ports(
+    connection: &mut Connection,
+    names: &[String],
+    output: bool,
+) -> Result<(Vec<PortHandle>, Vec<u32>), BackendError> {
+    let mut handles = Vec::with_capacity(names.len());
+    let mut ids = Vec::with_capacity(names.len());
+    for name in names {
+        let added = connection.add_port(name, output).and_then(|port| {
+            handles.push(port);
             connection.port_id(name).ok_or_else(|| {
                 BackendError::failed(format!("PipeWire did not show the port {name:?} in time"))
             })
@@ -1426,12 +1634,12 @@ fn add_track(
         match added {
             Ok(id) => ids.push(id),
             Err(e) => {
-                connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                connection.remove_ports(handles);
                 return Err(e);
             }
         }
     }
-    Ok((ports, ids))
+    Ok((handles, ids))
 }
 
 /// Removes every port of a node handed back by the process callback.
@@ -1439,6 +1647,58 @@ fn remove_node_ports(connection: &mut Connection, node: &Node) {
     let tracks = node.tracks.iter().flatten().flat_map(|t| t.handles());
     let all: Vec<PortHandle> = tracks.chain(node.master).collect();
     connection.remove_ports(all);
+}
+
+/// Reads the links of a node's `touched` ports into its tracks' input words and its outputs'
+/// peers, reporting what changed; marks what waits for a program to start again.
+fn read_touched(
+    model: &Model,
+    meta: &mut NodeMeta,
+    touched: &[u32],
+    events: &mut Vec<BackendEvent>,
+) {
+    for (&slot, track) in meta.tracks.iter_mut() {
+        if !track.port_ids.iter().any(|p| touched.contains(p)) {
+            continue;
+        }
+        let input = model.read_input(&track.port_ids, &track.input);
+        track.pending = parse_input(&input, track.channels)
+            .unwrap_or_default()
+            .iter()
+            .flatten()
+            .any(|source| model.find(source).is_none());
+        if input != track.input {
+            track.input = input.clone();
+            events.push(BackendEvent::InputChanged {
+                slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                input,
+            });
+        }
+    }
+    for ((role, _), &port) in master_ports(&meta.prefix).iter().zip(&meta.master_ids) {
+        if !touched.contains(&port) {
+            continue;
+        }
+        let saved = meta.outputs.get(*role).cloned().unwrap_or_default();
+        let saved_peers: Vec<String> = saved
+            .split('+')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        let peers = model.read_peers(port, &saved_peers);
+        meta.outputs_pending |= saved_peers.iter().any(|p| model.find(p).is_none());
+        if peers != saved {
+            if peers.is_empty() {
+                meta.outputs.remove(*role);
+            } else {
+                meta.outputs.insert(role.to_string(), peers.clone());
+            }
+            events.push(BackendEvent::OutputsChanged {
+                port: role.to_string(),
+                peers,
+            });
+        }
+    }
 }
 
 /// One session's handle on the shared graph.
@@ -1455,9 +1715,19 @@ impl PipeWireSession {
 }
 
 impl RunningBackend for PipeWireSession {
-    /// Where the master is linked is not kept on PipeWire: a session's outputs start unlinked
-    /// (link them with `pw-link`; the JACK backend stores and restores them).
-    fn restore_outputs(&mut self, _saved: &[(String, String)]) {}
+    /// Links the master outputs as they were stored; peers that do not exist now are linked
+    /// when they appear.
+    fn restore_outputs(&mut self, saved: &[(String, String)]) {
+        self.with_state(|_, state, index| {
+            let Some(meta) = state.nodes[index].as_mut() else {
+                return;
+            };
+            meta.outputs = saved.iter().cloned().collect();
+            if let Some(connection) = state.connection.as_mut() {
+                meta.outputs_pending = link_outputs(connection, meta);
+            }
+        });
+    }
 
     fn info(&self) -> BackendInfo {
         self.graph.info()
@@ -1495,8 +1765,8 @@ impl RunningBackend for PipeWireSession {
                 .as_ref()
                 .map(|t| (t.port_ids.clone(), t.handles.clone()))
                 .unwrap_or_default();
+            let mut pending = false;
             if let Some(connection) = state.connection.as_mut() {
-                connection.resolve(input, channels)?;
                 let fresh = existing
                     .as_ref()
                     .is_none_or(|t| t.channels != channels || t.port_ids.is_empty());
@@ -1516,7 +1786,15 @@ impl RunningBackend for PipeWireSession {
                         return Err(BackendError::failed("the PipeWire command queue is full"));
                     }
                 }
-                connection.link_input(&port_ids, input)?;
+                // Control checked the word; a source that has gone since (a synth not started
+                // yet, when a session reopens) keeps the word and is linked when it appears.
+                pending = match connection.link_input(&port_ids, input) {
+                    Ok(complete) => !complete,
+                    Err(e) => {
+                        tracing::warn!("track {name:?}: {e}");
+                        true
+                    }
+                };
             }
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.insert(
@@ -1527,7 +1805,7 @@ impl RunningBackend for PipeWireSession {
                         input: input.to_string(),
                         port_ids,
                         handles,
-                        pending: false,
+                        pending,
                     },
                 );
             }
@@ -1563,10 +1841,13 @@ impl RunningBackend for PipeWireSession {
             // (no cycle goes unlinked); the old ones are removed when the callback hands them
             // back.
             let (ports, ids) = add_track(connection, &prefix, &track.base, track.channels)?;
-            if let Err(e) = connection.link_input(&ids, &track.input) {
-                connection.remove_ports(ports.handles().collect::<Vec<_>>());
-                return Err(e);
-            }
+            let complete = match connection.link_input(&ids, &track.input) {
+                Ok(complete) => complete,
+                Err(e) => {
+                    connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                    return Err(e);
+                }
+            };
             let handles: Vec<PortHandle> = ports.handles().collect();
             if let Err(rtrb::PushError::Full(_)) =
                 connection.commands.push(GraphCommand::SetTrack {
@@ -1580,6 +1861,7 @@ impl RunningBackend for PipeWireSession {
             }
             track.handles = handles;
             track.port_ids = ids;
+            track.pending = !complete;
             Ok(())
         })
     }
@@ -1606,11 +1888,24 @@ impl RunningBackend for PipeWireSession {
     }
 
     /// Reports cycles the node missed as xruns (a `pw_filter` cannot read its driver's own
-    /// xrun count), a lost or restored server, and links changed by other programs.
+    /// xrun count), a lost or restored server, and links changed by other programs; links
+    /// inputs and outputs to saved peers that have appeared.
     fn poll(&mut self, xruns: &dyn Fn(u64)) -> Vec<BackendEvent> {
         self.with_state(|graph, state, index| {
             graph.service(state);
             let mut events = Vec::new();
+            // The ports of the other sessions, whose touched links are theirs to read.
+            let others: Vec<u32> = state
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != index)
+                .flat_map(|(_, meta)| meta.iter())
+                .flat_map(|meta| {
+                    let tracks = meta.tracks.values().flat_map(|t| t.port_ids.iter());
+                    tracks.chain(&meta.master_ids).copied()
+                })
+                .collect();
             let Some(meta) = state.nodes[index].as_mut() else {
                 return events;
             };
@@ -1628,50 +1923,38 @@ impl RunningBackend for PipeWireSession {
                 xruns(total - meta.xruns_seen);
                 meta.xruns_seen = total;
             }
+            {
+                let mut model = lock(&connection.signals.model);
+                if !model.settled() {
+                    return events;
+                }
+                let touched = std::mem::take(&mut model.touched);
+                read_touched(&model, meta, &touched, &mut events);
+                // Touched ports of other programs are forgotten.
+                model
+                    .touched
+                    .extend(touched.into_iter().filter(|port| others.contains(port)));
+            }
+            // Links to programs that have started again, now that every change of the node's
+            // links is read (an unlink by hand is not undone).
             for track in meta.tracks.values_mut().filter(|t| t.pending) {
-                let channels = u8::try_from(track.port_ids.len()).unwrap_or(2);
-                if connection.resolve(&track.input, channels).is_ok() {
-                    track.pending = false;
-                    if let Err(e) = connection.link_input(&track.port_ids, &track.input) {
+                if !connection.source_appeared(&track.port_ids, &track.input) {
+                    continue;
+                }
+                match connection.link_input(&track.port_ids, &track.input) {
+                    Ok(complete) => {
+                        track.pending = !complete;
+                        tracing::info!("linked the input of track {:?} again", track.base);
+                    }
+                    Err(e) => {
+                        track.pending = false;
                         tracing::warn!("restoring the input of track {:?}: {e}", track.base);
-                    } else {
-                        tracing::info!("restored the input of track {:?}", track.base);
                     }
                 }
             }
-            let mut model = lock(&connection.signals.model);
-            if model.touched.is_empty() {
-                return events;
+            if meta.outputs_pending && connection.quiet(&meta.master_ids) {
+                meta.outputs_pending = link_outputs(connection, meta);
             }
-            let touched = std::mem::take(&mut model.touched);
-            for (&slot, track) in meta.tracks.iter_mut() {
-                if !track.port_ids.iter().any(|p| touched.contains(p)) {
-                    continue;
-                }
-                let input = model.read_input(&track.port_ids);
-                if input != track.input {
-                    track.input = input.clone();
-                    track.pending = false;
-                    events.push(BackendEvent::InputChanged {
-                        slot: u16::try_from(slot).unwrap_or(u16::MAX),
-                        input,
-                    });
-                }
-            }
-            // Ports of other sessions (or of other programs) were touched too: keep those for
-            // the other sessions, forgetting ports that are not overdub's.
-            let own: Vec<u32> = state
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != index)
-                .flat_map(|(_, meta)| meta.iter())
-                .flat_map(|meta| meta.tracks.values())
-                .flat_map(|track| track.port_ids.iter().copied())
-                .collect();
-            model
-                .touched
-                .extend(touched.into_iter().filter(|port| own.contains(port)));
             events
         })
     }
@@ -1749,6 +2032,9 @@ mod tests {
         model.ports.insert(11, port(10, "out_1", true));
         model.ports.insert(12, port(10, "out_2", true));
         model.ports.insert(21, port(20, "demo.track-1.in", false));
+        model.ports.insert(22, port(20, "demo.master_out_L", true));
+        model.nodes.insert(50, "speakers".into());
+        model.ports.insert(51, port(50, "playback_1", false));
         model
     }
 
@@ -1758,10 +2044,40 @@ mod tests {
         assert_eq!(model.find("feeder:out_2").map(|(id, _)| id), Some(12));
         assert!(model.find("feeder:out_3").is_none());
         assert!(model.find("feede:out_1").is_none());
-        assert_eq!(model.read_input(&[21]), "none");
+        assert_eq!(model.read_input(&[21], "none"), "none");
         model.links.insert(30, (12, 21));
         model.links.insert(31, (11, 21));
-        assert_eq!(model.read_input(&[21]), "feeder:out_1+feeder:out_2");
+        assert_eq!(model.read_input(&[21], "none"), "feeder:out_1+feeder:out_2");
+    }
+
+    #[test]
+    fn a_stored_peer_stays_while_its_port_is_gone_but_not_once_unlinked_by_hand() {
+        let mut model = model();
+        model.links.insert(30, (11, 21));
+        let stored = "feeder:out_1+synth:out_L";
+        assert_eq!(
+            model.read_input(&[21], stored),
+            "feeder:out_1+synth:out_L",
+            "synth:out_L does not exist: its program is not running"
+        );
+        model.links.clear();
+        assert_eq!(
+            model.read_input(&[21], stored),
+            "synth:out_L",
+            "feeder:out_1 exists and is no longer linked: unlinked by hand"
+        );
+        model.ports.remove(&11);
+        assert_eq!(
+            model.read_input(&[21], "feeder:out_1"),
+            "feeder:out_1",
+            "its program quit"
+        );
+        // An output reads the inputs it feeds.
+        model.links.insert(32, (22, 51));
+        let saved = ["other:in".to_string()];
+        assert_eq!(model.read_peers(22, &saved), "other:in+speakers:playback_1");
+        model.links.clear();
+        assert_eq!(model.read_peers(22, &[]), "");
     }
 
     #[test]
@@ -1791,20 +2107,25 @@ mod tests {
     }
 
     #[test]
-    fn link_globals_touch_the_input_port_both_ways() {
+    fn link_globals_touch_both_ports_both_ways_and_mark_the_registry_unsettled() {
         let mut model = model();
         let props = pw::properties::properties! {
             "link.output.port" => "11",
             "link.input.port" => "21",
         };
+        assert!(model.settled(), "nothing changed yet");
         model.global(40, &ObjectType::Link, Some(props.dict()));
+        assert!(!model.settled(), "a link just appeared");
         assert_eq!(model.links.get(&40), Some(&(11, 21)));
-        assert_eq!(std::mem::take(&mut model.touched), vec![21]);
+        assert_eq!(std::mem::take(&mut model.touched), vec![21, 11]);
         model.global_remove(40);
         assert!(model.links.is_empty());
-        assert_eq!(model.touched, vec![21]);
+        assert_eq!(model.touched, vec![21, 11]);
         // A port that goes is forgotten (nothing grows while no session looks).
         model.global_remove(21);
+        model.global_remove(11);
         assert!(model.touched.is_empty());
+        model.changed = Some(Instant::now() - REGISTRY_SETTLE);
+        assert!(model.settled());
     }
 }

@@ -346,6 +346,22 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Where the session's outputs are patched as stored: (role, peers) rows from the database.
+    pub fn saved_outputs(&self) -> Vec<(String, String)> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("overdub.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = db
+            .prepare("SELECT port, peers FROM output_connections ORDER BY port")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// Every journaled take event as `take kind frame length detail` lines (for diagnostics).
     pub fn take_events(&self) -> String {
         let db = rusqlite::Connection::open_with_flags(

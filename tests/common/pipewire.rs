@@ -164,6 +164,25 @@ impl PipeWireServer {
         CaptureStream { child }
     }
 
+    /// Starts `jack_iodelay` under `pw-jack`: another program with an input port,
+    /// [`SINK_PORT`], for the master to be linked to. Stopped on drop.
+    pub fn sink(&self) -> Sink {
+        let child = self
+            .command("pw-jack")
+            .arg("jack_iodelay")
+            .env("PIPEWIRE_QUANTUM", format!("{PERIOD}/{RATE}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pw-jack (pipewire-jack) and jack_iodelay (jackd2) must be installed");
+        assert!(
+            self.wait_for_port(SINK_PORT, false, Duration::from_secs(5)),
+            "{SINK_PORT} missing:\n{}",
+            self.output("pw-link", &["-i"])
+        );
+        Sink { child }
+    }
+
     /// Whether this server's session manager is still running (false when it has none).
     pub fn session_manager_running(&mut self) -> bool {
         self.session_manager
@@ -298,6 +317,20 @@ impl Drop for PipeWireServer {
             stop_child(&mut manager.child, libc::SIGTERM);
         }
         self.kill(libc::SIGTERM);
+    }
+}
+
+/// The input port of [`PipeWireServer::sink`].
+pub const SINK_PORT: &str = "jack_delay:in";
+
+/// A program with an input port; stopped on drop.
+pub struct Sink {
+    child: Child,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, libc::SIGTERM);
     }
 }
 
