@@ -140,7 +140,8 @@ pub struct JackConfig {
     pub client_name: String,
     /// `off`, `follow` (start, stop and locate with the JACK transport) or `lead` (drive it).
     pub transport: String,
-    /// Give every track direct outputs carrying what it sends to the master.
+    /// Give every track direct outputs carrying what it sends to the master (JACK and the
+    /// PipeWire node).
     pub direct_outs: bool,
 }
 

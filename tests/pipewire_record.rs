@@ -4,6 +4,10 @@
 //! by another program are stored as the track's input) and with the CLI; every take holds its
 //! tone sample for sample and an impulse lands at the same index in two takes.
 //!
+//! The master outputs, read by probes under `pw-jack`, carry the monitor mix for several level,
+//! pan, mute and solo settings, and so do a track's direct outputs (`jack.direct_outs`); their
+//! links are stored and follow a rename.
+//!
 //! The other tests: the quantum forced from 256 to 4096 frames mid-take grows the node's
 //! buffers and the takes stay whole and aligned; WirePlumber beside the server, linking a
 //! capture stream to its default source, leaves the node and its links alone and the takes
@@ -19,6 +23,7 @@ mod common;
 use std::time::Duration;
 
 use common::jack::IMPULSE;
+use common::mix;
 use common::pipewire::{run_feeder_process, PipeWireServer, PwFeeder, MANAGED_SOURCE, SINK_PORT};
 use common::*;
 
@@ -36,13 +41,19 @@ fn start_daemon(server: &PipeWireServer, dir: &std::path::Path) -> Daemon {
     Daemon::start(
         &Reach::PeerToPeer(server.runtime_dir.clone()),
         &dir.join("data"),
-        &Settings {
-            backend: "pipewire",
-            format: "f32",
-            runtime_dir: Some(server.runtime_dir.clone()),
-            ..Settings::default()
-        },
+        &settings(server, ""),
     )
+}
+
+/// The daemon's settings on `server`, with more configuration (whole TOML sections).
+fn settings(server: &PipeWireServer, config: &str) -> Settings {
+    Settings {
+        backend: "pipewire",
+        format: "f32",
+        runtime_dir: Some(server.runtime_dir.clone()),
+        extra_config: config.to_string(),
+        ..Settings::default()
+    }
 }
 
 #[test]
@@ -225,6 +236,99 @@ fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
     assert_a_stall_is_an_xrun_marked_in_the_take(&daemon, || {
         feeder.stall(Duration::from_millis(50))
     });
+}
+
+#[test]
+fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a_rename() {
+    let server = PipeWireServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start();
+    let daemon = Daemon::start(
+        &Reach::Bus(bus.address.clone()),
+        &dir.path().join("data"),
+        &settings(&server, "[jack]\ndirect_outs = true\n"),
+    );
+    daemon.cli(&["session", "create", "mix", "--tracks", "3"]);
+    let mut feeder = PwFeeder::start_constants(
+        &server,
+        "feeder_process",
+        &mix::INPUTS,
+        &["probe", "direct"],
+    );
+    for side in ["L", "R"] {
+        server.link(
+            &format!("overdub:mix.master_out_{side}"),
+            &format!("probe:in_{side}"),
+        );
+        server.link(
+            &format!("overdub:mix.track-3.out_{side}"),
+            &format!("direct:in_{side}"),
+        );
+    }
+    mix::check_scenarios(&daemon, || [feeder.probe("probe"), feeder.probe("direct")]);
+    let stored = |daemon: &Daemon| {
+        let saved = daemon.saved_outputs();
+        ["L", "R"].iter().all(|side| {
+            saved.contains(&(format!("master_out_{side}"), format!("probe:in_{side}")))
+                && saved.contains(&(format!("track3.out_{side}"), format!("direct:in_{side}")))
+        })
+    };
+    wait_for(|| stored(&daemon), "where the outputs are linked is stored");
+
+    // A rename gives the track new ports, linked like the old ones, direct outputs included,
+    // and the mix goes on through them.
+    daemon.cli(&["track", "set", "3", "--name", "Keys"]);
+    wait_for(
+        || !server.has_port("overdub:mix.track-3.out_L", true),
+        "the old ports go",
+    );
+    assert_eq!(server.links_into("overdub:mix.keys.in"), ["feeder:out_3"]);
+    for side in ["L", "R"] {
+        wait_for(
+            || {
+                server.links_into(&format!("direct:in_{side}"))
+                    == [format!("overdub:mix.keys.out_{side}")]
+            },
+            "the new direct outputs are linked like the old ones",
+        );
+    }
+    mix::check_scenarios(&daemon, || [feeder.probe("probe"), feeder.probe("direct")]);
+    assert!(stored(&daemon), "{:?}", daemon.saved_outputs());
+
+    // Removing the track forgets where its direct outputs went.
+    let session = format!("/org/overdub/Overdub1/session/{}", daemon.session_id());
+    let removed = std::process::Command::new("busctl")
+        .args([
+            "--address",
+            &bus.address,
+            "call",
+            "org.overdub.Overdub1",
+            &session,
+        ])
+        .args(["org.overdub.Overdub1.Session", "RemoveTrack", "o"])
+        .arg(format!("{session}/track/3"))
+        .output()
+        .unwrap();
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    wait_for(
+        || {
+            let saved = daemon.saved_outputs();
+            !saved.iter().any(|(role, _)| role.starts_with("track3."))
+                && saved
+                    .iter()
+                    .filter(|(role, _)| role.starts_with("master"))
+                    .count()
+                    == 2
+        },
+        "the removed track's output links are forgotten",
+    );
+    drop(feeder);
+    let mut daemon = daemon;
+    daemon.terminate();
 }
 
 #[test]

@@ -29,8 +29,8 @@ use jack::{
 };
 
 use super::ports::{
-    self, lock, parse_input, read_or_last, track_port_names, try_lock, ChunkOutputs, CycleBuffers,
-    HostedNode, NodeBuffers, NodeCommand, TrackBuffers,
+    self, lock, parse_input, read_or_last, track_out_names, track_out_role, track_port_names,
+    try_lock, ChunkOutputs, CycleBuffers, HostedNode, NodeBuffers, NodeCommand, TrackBuffers,
 };
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, RunningBackend,
@@ -392,10 +392,7 @@ impl NodeMeta {
                     .iter()
                     .zip(track_out_names(&self.prefix, &track.base))
                 {
-                    ports.push((
-                        format!("track{}.out_{side}", slot + 1),
-                        format!("{client_name}:{name}"),
-                    ));
+                    ports.push((track_out_role(*slot, side), format!("{client_name}:{name}")));
                 }
             }
         }
@@ -1140,14 +1137,6 @@ fn unique_base(meta: &NodeMeta, slot: usize, name: &str) -> String {
             .iter()
             .any(|(&other, track)| other != slot && track.base == base)
     })
-}
-
-/// Short names of a track's direct outputs: `<session>.<base>.out_L` and `.out_R`.
-fn track_out_names(prefix: &str, track: &str) -> [String; 2] {
-    [
-        format!("{prefix}.{track}.out_L"),
-        format!("{prefix}.{track}.out_R"),
-    ]
 }
 
 fn register_track(

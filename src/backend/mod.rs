@@ -486,11 +486,13 @@ impl Graph {
     }
 }
 
-/// The PipeWire node's settings: it is named like the JACK client.
+/// The PipeWire node's settings: it is named like the JACK client and has direct outputs
+/// when the JACK client would.
 #[cfg(feature = "pipewire")]
 fn pipewire_settings(jack: &JackSettings) -> pipewire::PipeWireSettings {
     pipewire::PipeWireSettings {
         node_name: jack.client_name.clone(),
+        direct_outs: jack.direct_outs,
     }
 }
 

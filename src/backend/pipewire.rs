@@ -30,6 +30,7 @@
 use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_void, CString};
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -48,14 +49,14 @@ use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
 use super::ports::{
-    self, lock, parse_input, read_or_last, track_port_names, CycleBuffers, HostedNode, NodeBuffers,
-    NodeCommand, TrackBuffers,
+    self, lock, parse_input, read_or_last, track_out_names, track_out_role, track_port_names,
+    ChunkOutputs, CycleBuffers, HostedNode, NodeBuffers, NodeCommand, TrackBuffers,
 };
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, RunningBackend,
     TransportRequest,
 };
-use crate::engine::{Processor, NO_INPUT};
+use crate::engine::{Processor, TrackOutputs, NO_INPUT};
 
 /// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
@@ -83,6 +84,8 @@ const REGISTRY_SETTLE: Duration = Duration::from_millis(100);
 pub struct PipeWireSettings {
     /// `node.name` of the filter (the JACK client name setting, `overdub` by default).
     pub node_name: String,
+    /// Every track also gets direct outputs (`jack.direct_outs`).
+    pub direct_outs: bool,
 }
 
 /// One port of the filter: the `port_data` pointer `pw_filter_add_port` returned, and the
@@ -109,22 +112,79 @@ impl PortHandle {
     }
 }
 
-/// The input ports of one track, moved into the process callback, with the cycle's buffers.
+/// The ports of one track, moved into the process callback: its inputs, and its direct
+/// outputs when `jack.direct_outs` is on; with the cycle's buffers of both.
 struct TrackPorts {
     ports: [Option<PortHandle>; 2],
+    outs: Option<[PortHandle; 2]>,
     buffers: CycleBuffers,
+    out_buffers: OutBuffers,
 }
 
 impl TrackPorts {
-    fn new(ports: [Option<PortHandle>; 2]) -> Self {
+    fn new(ports: [Option<PortHandle>; 2], outs: Option<[PortHandle; 2]>) -> Self {
         TrackPorts {
             ports,
+            outs,
             buffers: CycleBuffers::default(),
+            out_buffers: OutBuffers([ptr::null_mut(); 2]),
         }
     }
 
+    /// Every port of the track, inputs then outputs.
     fn handles(&self) -> impl Iterator<Item = PortHandle> + '_ {
-        self.ports.iter().flatten().copied()
+        self.ports
+            .iter()
+            .flatten()
+            .chain(self.outs.iter().flatten())
+            .copied()
+    }
+}
+
+/// A track's direct-output buffers (left, right) for the current cycle, null where PipeWire
+/// gave none (an unlinked output).
+#[derive(Clone, Copy)]
+struct OutBuffers([*mut f32; 2]);
+
+// SAFETY: the pointers are dereferenced only by the process callback, during the cycle that
+// set them; moving the (stale) values between threads reads nothing.
+unsafe impl Send for OutBuffers {}
+
+/// The direct outputs of a node's tracks for one chunk of a cycle. **Real-time safe**.
+struct DirectOuts<'s> {
+    tracks: &'s [Option<Box<TrackPorts>>],
+    frames: usize,
+    range: Range<usize>,
+}
+
+impl TrackOutputs for DirectOuts<'_> {
+    fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])> {
+        let OutBuffers([left, right]) = self.tracks.get(slot)?.as_ref()?.out_buffers;
+        if left.is_null() || right.is_null() || self.range.end > self.frames {
+            return None;
+        }
+        // SAFETY: `Node::run` set both this cycle from `pw_filter_get_dsp_buffer` on two
+        // distinct output ports of the filter: each its own buffer of at least `frames`
+        // samples, valid until the callback returns, and `range` lies within it. Nothing else
+        // refers to them meanwhile: the inputs were copied out before the processor runs, and
+        // the two slices borrow `self` mutably, so no other slice from this `DirectOuts` lives.
+        let (left, right) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(left.add(self.range.start), self.range.len()),
+                std::slice::from_raw_parts_mut(right.add(self.range.start), self.range.len()),
+            )
+        };
+        Some((left, right))
+    }
+}
+
+impl ChunkOutputs for DirectOuts<'_> {
+    fn set_chunk(&mut self, range: Range<usize>) {
+        self.range = range;
+    }
+
+    fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs {
+        self
     }
 }
 
@@ -141,11 +201,14 @@ struct Node {
     master: [PortHandle; 2],
     /// What its cycles work in.
     buffers: NodeBuffers,
+    /// Whether its tracks get direct outputs (`jack.direct_outs`): without them the processor
+    /// is given no per-track outputs to ask for.
+    direct_outs: bool,
 }
 
 impl Node {
     /// Runs the processor over the cycle ([`ports::run_cycle`]) on the tracks' DSP buffers
-    /// and the master's. **Real-time safe**.
+    /// and the master's, and the direct outputs. **Real-time safe**.
     fn run(&mut self, frames: usize) {
         let frames = frames.min(MAX_DSP_FRAMES);
         let Node {
@@ -153,18 +216,48 @@ impl Node {
             tracks,
             master,
             buffers: node_buffers,
+            direct_outs,
         } = self;
-        for ports in tracks.iter_mut().flatten() {
-            let TrackPorts { ports, buffers } = &mut **ports;
+        for track in tracks.iter_mut().flatten() {
+            let TrackPorts {
+                ports,
+                outs,
+                buffers,
+                out_buffers,
+            } = &mut **track;
             for (port, buffer) in ports.iter().zip(buffers.0.iter_mut()) {
                 *buffer = port.map(|p| p.buffer(frames).cast_const());
             }
+            *out_buffers = OutBuffers(outs.map_or([ptr::null_mut(); 2], |outs| {
+                outs.map(|port| port.buffer(frames))
+            }));
+            // Direct outputs start silent: a track installed in the processor after its ports
+            // arrived writes into them from then on.
+            for out in out_buffers.0.into_iter().filter(|b| !b.is_null()) {
+                // SAFETY: a DSP buffer of one of the filter's output ports for this cycle,
+                // `frames` samples at least; no other reference to it exists yet.
+                unsafe { std::slice::from_raw_parts_mut(out, frames) }.fill(0.0);
+            }
         }
         let master = [master[0].buffer(frames), master[1].buffer(frames)];
+        let mut direct = DirectOuts {
+            tracks,
+            frames,
+            range: 0..0,
+        };
         // SAFETY: every track's buffers were set above for this cycle, and PipeWire's DSP
         // buffers (inputs and the master's, null where absent) hold at least `frames` samples
         // (clamped to `MAX_DSP_FRAMES`); nothing else refers to the master's buffers.
-        unsafe { ports::run_cycle(processor, tracks, frames, node_buffers, master, None) };
+        unsafe {
+            ports::run_cycle(
+                processor,
+                tracks,
+                frames,
+                node_buffers,
+                master,
+                direct_outs.then_some(&mut direct as &mut dyn ChunkOutputs),
+            )
+        };
     }
 }
 
@@ -1143,6 +1236,9 @@ struct TrackMeta {
     input: String,
     /// Registry ids of the input ports (one per channel), empty while the server is gone.
     port_ids: Vec<u32>,
+    /// Registry ids of the direct outputs (left, right), empty without them or while the
+    /// server is gone.
+    out_ids: Vec<u32>,
     /// The filter ports, empty while the server is gone.
     handles: Vec<PortHandle>,
     /// Some source of the input does not exist now (its program is not running): each is
@@ -1169,19 +1265,37 @@ struct NodeMeta {
     outputs: BTreeMap<String, String>,
     /// Some saved peer of an output does not exist now: linked at the first poll that finds it.
     outputs_pending: bool,
+    /// Roles of removed tracks' outputs, reported forgotten at the next poll.
+    gone_roles: Vec<String>,
 }
 
-/// The roles of a node's outputs (their stored names) and their port names.
-fn master_ports(prefix: &str) -> [(&'static str, String); 2] {
-    ["master_out_L", "master_out_R"].map(|role| (role, format!("{prefix}.{role}")))
+/// The roles of the master outputs (their stored names, and their port names' last part).
+const MASTER_ROLES: [&str; 2] = ["master_out_L", "master_out_R"];
+
+impl NodeMeta {
+    /// The node's outputs as they are now: (role, registry id) for the master and every
+    /// track's direct outputs.
+    fn output_ports(&self) -> Vec<(String, u32)> {
+        let master = MASTER_ROLES
+            .iter()
+            .zip(&self.master_ids)
+            .map(|(role, &id)| (role.to_string(), id));
+        let tracks = self.tracks.iter().flat_map(|(&slot, track)| {
+            ["L", "R"]
+                .iter()
+                .zip(&track.out_ids)
+                .map(move |(side, &id)| (track_out_role(slot, side), id))
+        });
+        master.chain(tracks).collect()
+    }
 }
 
 /// Links a node's outputs to their saved peers that exist (see [`Connection::link_output`]);
 /// answers whether some peer is still missing.
 fn link_outputs(connection: &mut Connection, meta: &NodeMeta) -> bool {
     let mut pending = false;
-    for ((role, _), &port) in master_ports(&meta.prefix).iter().zip(&meta.master_ids) {
-        let Some(peers) = meta.outputs.get(*role) else {
+    for (role, port) in meta.output_ports() {
+        let Some(peers) = meta.outputs.get(&role) else {
             continue;
         };
         match connection.link_output(port, peers) {
@@ -1221,6 +1335,7 @@ fn period_of(state: &GraphState) -> u32 {
 /// real-time thread.
 pub struct PipeWireGraph {
     node_name: String,
+    direct_outs: bool,
     sample_rate: u32,
     state: Mutex<GraphState>,
     /// The period [`PipeWireGraph::period`] last read, answered while the state is held.
@@ -1237,6 +1352,7 @@ impl PipeWireGraph {
             .unwrap_or(48_000);
         let graph = PipeWireGraph {
             node_name: settings.node_name.clone(),
+            direct_outs: settings.direct_outs,
             sample_rate,
             last_period: AtomicU32::new(0),
             state: Mutex::new(GraphState {
@@ -1405,6 +1521,7 @@ impl PipeWireGraph {
             tracks: (0..max_tracks).map(|_| None).collect(),
             master,
             buffers,
+            direct_outs: self.direct_outs,
         });
         if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
             .commands
@@ -1425,6 +1542,7 @@ impl PipeWireGraph {
             master_ids,
             outputs: BTreeMap::new(),
             outputs_pending: false,
+            gone_roles: Vec::new(),
         });
         Ok(Box::new(PipeWireSession {
             graph: Arc::clone(self),
@@ -1493,6 +1611,7 @@ impl PipeWireGraph {
                 meta.master_ids.clear();
                 for track in meta.tracks.values_mut() {
                     track.port_ids.clear();
+                    track.out_ids.clear();
                     track.handles.clear();
                 }
             }
@@ -1545,12 +1664,18 @@ impl PipeWireGraph {
             // A SetBuffers the lost server never ran: the meta follows the node's own buffers.
             meta.chunk = node.buffers.chunk();
             for (&slot, track) in meta.tracks.iter_mut() {
-                match add_track(&mut connection, &meta.prefix, &track.base, track.channels) {
-                    Ok((ports, ids)) => {
-                        track.handles = ports.handles().collect();
-                        track.port_ids = ids;
+                let added = add_track(
+                    &mut connection,
+                    &meta.prefix,
+                    &track.base,
+                    track.channels,
+                    self.direct_outs,
+                );
+                match added {
+                    Ok(added) => {
+                        track.set_ports(&added);
                         if let Some(cell) = node.tracks.get_mut(slot) {
-                            *cell = Some(Box::new(ports));
+                            *cell = Some(Box::new(added.ports));
                         }
                     }
                     Err(e) => tracing::error!("{e}"),
@@ -1586,7 +1711,7 @@ fn add_master(
     connection: &mut Connection,
     prefix: &str,
 ) -> Result<([PortHandle; 2], Vec<u32>), BackendError> {
-    let names = master_ports(prefix).map(|(_, name)| name);
+    let names = MASTER_ROLES.map(|role| format!("{prefix}.{role}"));
     let (handles, ids) = add_ports(connection, &names, true)?;
     Ok(([handles[0], handles[1]], ids))
 }
@@ -1600,19 +1725,48 @@ fn unique_base(meta: &NodeMeta, slot: usize, name: &str) -> String {
     })
 }
 
-/// Adds a track's input ports (`base`: the track part of their names) and waits for their
-/// registry ids.
+/// A track's ports as added to the filter, with their registry ids.
+struct AddedTrack {
+    ports: TrackPorts,
+    ids: Vec<u32>,
+    out_ids: Vec<u32>,
+}
+
+impl TrackMeta {
+    /// Takes the handles and registry ids of the track's new ports.
+    fn set_ports(&mut self, added: &AddedTrack) {
+        self.handles = added.ports.handles().collect();
+        self.port_ids = added.ids.clone();
+        self.out_ids = added.out_ids.clone();
+    }
+}
+
+/// Adds a track's input ports and, with `direct_outs`, its direct outputs (`base`: the track
+/// part of their names), and waits for their registry ids.
 fn add_track(
     connection: &mut Connection,
     prefix: &str,
     base: &str,
     channels: u8,
-) -> Result<(TrackPorts, Vec<u32>), BackendError> {
-    let (handles, ids) = add_ports(connection, &track_port_names(prefix, base, channels), false)?;
-    Ok((
-        TrackPorts::new([handles.first().copied(), handles.get(1).copied()]),
+    direct_outs: bool,
+) -> Result<AddedTrack, BackendError> {
+    let (inputs, ids) = add_ports(connection, &track_port_names(prefix, base, channels), false)?;
+    let (outs, out_ids) = if direct_outs {
+        match add_ports(connection, &track_out_names(prefix, base), true) {
+            Ok((outs, out_ids)) => (Some([outs[0], outs[1]]), out_ids),
+            Err(e) => {
+                connection.remove_ports(inputs);
+                return Err(e);
+            }
+        }
+    } else {
+        (None, Vec::new())
+    };
+    Ok(AddedTrack {
+        ports: TrackPorts::new([inputs.first().copied(), inputs.get(1).copied()], outs),
         ids,
-    ))
+        out_ids,
+    })
 }
 
 /// Adds a port for each of `names` (outputs or inputs) and waits for their registry ids; on
@@ -1675,11 +1829,11 @@ fn read_touched(
             });
         }
     }
-    for ((role, _), &port) in master_ports(&meta.prefix).iter().zip(&meta.master_ids) {
+    for (role, port) in meta.output_ports() {
         if !touched.contains(&port) {
             continue;
         }
-        let saved = meta.outputs.get(*role).cloned().unwrap_or_default();
+        let saved = meta.outputs.get(&role).cloned().unwrap_or_default();
         let saved_peers: Vec<String> = saved
             .split('+')
             .filter(|p| !p.is_empty())
@@ -1689,14 +1843,11 @@ fn read_touched(
         meta.outputs_pending |= saved_peers.iter().any(|p| model.find(p).is_none());
         if peers != saved {
             if peers.is_empty() {
-                meta.outputs.remove(*role);
+                meta.outputs.remove(&role);
             } else {
-                meta.outputs.insert(role.to_string(), peers.clone());
+                meta.outputs.insert(role.clone(), peers.clone());
             }
-            events.push(BackendEvent::OutputsChanged {
-                port: role.to_string(),
-                peers,
-            });
+            events.push(BackendEvent::OutputsChanged { port: role, peers });
         }
     }
 }
@@ -1749,7 +1900,7 @@ impl RunningBackend for PipeWireSession {
         input: &str,
     ) -> Result<[u16; 2], BackendError> {
         let slot = usize::from(slot);
-        self.with_state(|_, state, index| {
+        self.with_state(|graph, state, index| {
             let (prefix, existing, base) = match state.nodes[index].as_ref() {
                 Some(meta) if slot < meta.max_tracks => {
                     let existing = meta.tracks.get(&slot).cloned();
@@ -1761,34 +1912,47 @@ impl RunningBackend for PipeWireSession {
                 }
                 _ => return Err(BackendError::failed(format!("no track slot {slot}"))),
             };
-            let (mut port_ids, mut handles) = existing
-                .as_ref()
-                .map(|t| (t.port_ids.clone(), t.handles.clone()))
-                .unwrap_or_default();
-            let mut pending = false;
+            let mut track = existing.clone().unwrap_or_else(|| TrackMeta {
+                base,
+                channels,
+                input: String::new(),
+                port_ids: Vec::new(),
+                out_ids: Vec::new(),
+                handles: Vec::new(),
+                pending: false,
+            });
+            track.channels = channels;
+            track.input = input.to_string();
+            let mut fresh_outs = false;
             if let Some(connection) = state.connection.as_mut() {
                 let fresh = existing
                     .as_ref()
                     .is_none_or(|t| t.channels != channels || t.port_ids.is_empty());
                 if fresh {
-                    let (ports, ids) = add_track(connection, &prefix, &base, channels)?;
-                    handles = ports.handles().collect();
-                    port_ids = ids;
+                    let added = add_track(
+                        connection,
+                        &prefix,
+                        &track.base,
+                        channels,
+                        graph.direct_outs,
+                    )?;
+                    track.set_ports(&added);
                     if let Err(rtrb::PushError::Full(GraphCommand::SetTrack {
                         ports: Some(ports),
                         ..
                     })) = connection.commands.push(GraphCommand::SetTrack {
                         index,
                         slot,
-                        ports: Some(Box::new(ports)),
+                        ports: Some(Box::new(added.ports)),
                     }) {
                         connection.remove_ports(ports.handles().collect::<Vec<_>>());
                         return Err(BackendError::failed("the PipeWire command queue is full"));
                     }
+                    fresh_outs = !track.out_ids.is_empty();
                 }
                 // Control checked the word; a source that has gone since (a synth not started
                 // yet, when a session reopens) keeps the word and is linked when it appears.
-                pending = match connection.link_input(&port_ids, input) {
+                track.pending = match connection.link_input(&track.port_ids, input) {
                     Ok(complete) => !complete,
                     Err(e) => {
                         tracing::warn!("track {name:?}: {e}");
@@ -1797,17 +1961,9 @@ impl RunningBackend for PipeWireSession {
                 };
             }
             if let Some(meta) = state.nodes[index].as_mut() {
-                meta.tracks.insert(
-                    slot,
-                    TrackMeta {
-                        base,
-                        channels,
-                        input: input.to_string(),
-                        port_ids,
-                        handles,
-                        pending,
-                    },
-                );
+                meta.tracks.insert(slot, track);
+                // New direct outputs are linked to their role's stored peers at the next poll.
+                meta.outputs_pending |= fresh_outs;
             }
             let first = u16::try_from(2 * slot).unwrap_or(NO_INPUT);
             Ok(if channels >= 2 {
@@ -1820,7 +1976,7 @@ impl RunningBackend for PipeWireSession {
 
     fn rename_track(&mut self, slot: u16, name: &str) -> Result<(), BackendError> {
         let slot = usize::from(slot);
-        self.with_state(|_, state, index| {
+        self.with_state(|graph, state, index| {
             let Some(meta) = state.nodes[index].as_mut() else {
                 return Ok(());
             };
@@ -1837,31 +1993,39 @@ impl RunningBackend for PipeWireSession {
                 return Ok(());
             };
             // PipeWire shows a port's name as the registry announced it, so the track gets new
-            // ports, linked like the old ones before they replace them in the process callback
-            // (no cycle goes unlinked); the old ones are removed when the callback hands them
-            // back.
-            let (ports, ids) = add_track(connection, &prefix, &track.base, track.channels)?;
-            let complete = match connection.link_input(&ids, &track.input) {
+            // ports, its inputs linked like the old ones before they replace them in the process
+            // callback (no cycle goes unlinked); the old ones are removed when the callback hands
+            // them back. The new direct outputs are linked at the next poll: a filter port that
+            // is linked but not yet run takes no buffers from then on, and while the outputs'
+            // links were being made here the new input, linked and waiting, got stuck so.
+            let added = add_track(
+                connection,
+                &prefix,
+                &track.base,
+                track.channels,
+                graph.direct_outs,
+            )?;
+            let complete = match connection.link_input(&added.ids, &track.input) {
                 Ok(complete) => complete,
                 Err(e) => {
-                    connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                    connection.remove_ports(added.ports.handles().collect::<Vec<_>>());
                     return Err(e);
                 }
             };
-            let handles: Vec<PortHandle> = ports.handles().collect();
+            track.set_ports(&added);
+            let handles = track.handles.clone();
             if let Err(rtrb::PushError::Full(_)) =
                 connection.commands.push(GraphCommand::SetTrack {
                     index,
                     slot,
-                    ports: Some(Box::new(ports)),
+                    ports: Some(Box::new(added.ports)),
                 })
             {
                 connection.remove_ports(handles);
                 return Err(BackendError::failed("the PipeWire command queue is full"));
             }
-            track.handles = handles;
-            track.port_ids = ids;
             track.pending = !complete;
+            meta.outputs_pending |= !added.out_ids.is_empty();
             Ok(())
         })
     }
@@ -1871,6 +2035,13 @@ impl RunningBackend for PipeWireSession {
         self.with_state(|_, state, index| {
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.remove(&slot);
+                // Where its direct outputs went is forgotten with it.
+                for side in ["L", "R"] {
+                    let role = track_out_role(slot, side);
+                    if meta.outputs.remove(&role).is_some() {
+                        meta.gone_roles.push(role);
+                    }
+                }
             }
             if let Some(node) = state.parked[index].as_mut() {
                 if let Some(cell) = node.tracks.get_mut(slot) {
@@ -1902,8 +2073,11 @@ impl RunningBackend for PipeWireSession {
                 .filter(|(i, _)| *i != index)
                 .flat_map(|(_, meta)| meta.iter())
                 .flat_map(|meta| {
-                    let tracks = meta.tracks.values().flat_map(|t| t.port_ids.iter());
-                    tracks.chain(&meta.master_ids).copied()
+                    meta.output_ports().into_iter().map(|(_, id)| id).chain(
+                        meta.tracks
+                            .values()
+                            .flat_map(|t| t.port_ids.iter().copied()),
+                    )
                 })
                 .collect();
             let Some(meta) = state.nodes[index].as_mut() else {
@@ -1914,6 +2088,12 @@ impl RunningBackend for PipeWireSession {
             }
             if std::mem::take(&mut meta.restored_pending) {
                 events.push(BackendEvent::Restored);
+            }
+            for role in std::mem::take(&mut meta.gone_roles) {
+                events.push(BackendEvent::OutputsChanged {
+                    port: role,
+                    peers: String::new(),
+                });
             }
             let Some(connection) = state.connection.as_mut() else {
                 return events;

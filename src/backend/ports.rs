@@ -51,6 +51,20 @@ pub(super) fn track_port_names(prefix: &str, base: &str, channels: u8) -> Vec<St
     }
 }
 
+/// Short names of a track's direct outputs: `<session>.<base>.out_L` and `.out_R`.
+pub(super) fn track_out_names(prefix: &str, base: &str) -> [String; 2] {
+    [
+        format!("{prefix}.{base}.out_L"),
+        format!("{prefix}.{base}.out_R"),
+    ]
+}
+
+/// The role under which a track's direct output is stored with the session (by track number,
+/// so it survives renames): `track2.out_L`.
+pub(super) fn track_out_role(slot: usize, side: &str) -> String {
+    format!("track{}.out_{side}", slot + 1)
+}
+
 /// The track part of a track's port names: its name's slug (`track` when nothing is left of
 /// it), or, when `taken` says another track of the node has that already (names that differ
 /// only in case or in letters the slug drops), the slug followed by the track's number

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "jack")]
 pub mod jack;
+#[cfg(feature = "jack")]
+pub mod mix;
 #[cfg(all(feature = "pipewire", feature = "jack"))]
 pub mod pipewire;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::jack::{Feeder, Signal};
+use super::jack::{Feeder, Probe, Signal};
 use super::{stop_child, Bus, PERIOD, RATE};
 
 /// A private `pipewire`, stopped by PID on drop (its session manager first, if it has one).
@@ -348,8 +348,11 @@ impl Drop for CaptureStream {
     }
 }
 
-/// Environment variable that turns this test binary into the feeder process.
+/// Environment variable that turns this test binary into the feeder process: its outputs'
+/// signals, `,`-separated (a tone channel, or `dc:VALUE`).
 pub const FEEDER_ENV: &str = "OVERDUB_TEST_PW_FEEDER";
+/// The feeder process's probes, `,`-separated names.
+pub const PROBES_ENV: &str = "OVERDUB_TEST_PW_PROBES";
 
 /// The feeder process: `pw-jack <this test binary> <feeder test>` with tone channels in
 /// [`FEEDER_ENV`]. Killed on drop.
@@ -363,11 +366,45 @@ impl PwFeeder {
     /// Starts the feeder with one output per tone channel and waits for its ports.
     pub fn start(server: &PipeWireServer, test_name: &str, channels: &[usize]) -> PwFeeder {
         let list: Vec<String> = channels.iter().map(usize::to_string).collect();
+        PwFeeder::launch(server, test_name, &list, &[])
+    }
+
+    /// Starts the feeder with one output per constant in `values`, and a probe (a JACK client
+    /// with inputs `in_L`/`in_R`, see [`Probe`]) called each of `probes`, and waits for their
+    /// ports.
+    pub fn start_constants(
+        server: &PipeWireServer,
+        test_name: &str,
+        values: &[f64],
+        probes: &[&str],
+    ) -> PwFeeder {
+        let list: Vec<String> = values.iter().map(|v| format!("dc:{v}")).collect();
+        let feeder = PwFeeder::launch(server, test_name, &list, probes);
+        for probe in probes {
+            for side in ["L", "R"] {
+                let port = format!("{probe}:in_{side}");
+                assert!(
+                    server.wait_for_port(&port, false, Duration::from_secs(5)),
+                    "{port} missing:\n{}",
+                    server.output("pw-link", &["-i"])
+                );
+            }
+        }
+        feeder
+    }
+
+    fn launch(
+        server: &PipeWireServer,
+        test_name: &str,
+        signals: &[String],
+        probes: &[&str],
+    ) -> PwFeeder {
         let mut child = server
             .command("pw-jack")
             .arg(std::env::current_exe().unwrap())
             .args([test_name, "--exact", "--ignored", "--nocapture"])
-            .env(FEEDER_ENV, list.join(","))
+            .env(FEEDER_ENV, signals.join(","))
+            .env(PROBES_ENV, probes.join(","))
             .env("PIPEWIRE_QUANTUM", format!("{PERIOD}/{RATE}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -378,7 +415,7 @@ impl PwFeeder {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = lines.any(|line| line.is_ok_and(|l| l == "feeder ready"));
         assert!(ready, "the feeder did not start under pw-jack");
-        for n in 1..=channels.len() {
+        for n in 1..=signals.len() {
             assert!(
                 server.wait_for_port(&format!("feeder:out_{n}"), true, Duration::from_secs(5)),
                 "feeder:out_{n} missing:\n{}",
@@ -394,6 +431,11 @@ impl PwFeeder {
 
     /// Sends `command` and returns the number the feeder answers with (`<command> N`).
     fn ask(&mut self, command: &str) -> u64 {
+        self.answer(command).parse().unwrap()
+    }
+
+    /// Sends `command` and returns the rest of the feeder's answer line (`<command> …`).
+    fn answer(&mut self, command: &str) -> String {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
         let prefix = format!("{command} ");
@@ -401,7 +443,14 @@ impl PwFeeder {
             .stdout
             .find_map(|line| line.ok().filter(|l| l.starts_with(&prefix)))
             .expect("the feeder answers");
-        line[prefix.len()..].parse().unwrap()
+        line[prefix.len()..].to_string()
+    }
+
+    /// The last (left, right) samples probe `name` has seen (see [`Probe::last`]).
+    pub fn probe(&mut self, name: &str) -> (f32, f32) {
+        let answer = self.answer(&format!("last {name}"));
+        let (left, right) = answer.split_once(' ').expect("two samples");
+        (left.parse().unwrap(), right.parse().unwrap())
     }
 
     /// Cycles the graph ran without the feeder so far (see [`Feeder::missed_cycles`]).
@@ -444,16 +493,26 @@ impl Drop for PwFeeder {
 /// `pw-jack`) that, until stdin closes, answers each line on stdin: `impulse` puts an impulse
 /// on outputs 1 and 2 a quarter second ahead and prints `impulse FRAME`; `missed`, `cycles`
 /// and `frame` print `missed N` (its missed cycles), `cycles N` (cycles run) and `frame N`;
-/// `stall MICROSECONDS` stalls its next cycle. Returns at once when [`FEEDER_ENV`] is not set.
+/// `stall MICROSECONDS` stalls its next cycle; `last PROBE` prints `last PROBE LEFT RIGHT`,
+/// the last samples that probe saw. Returns at once when [`FEEDER_ENV`] is not set.
 pub fn run_feeder_process() {
     let Ok(list) = std::env::var(FEEDER_ENV) else {
         return;
     };
     let signals: Vec<Signal> = list
         .split(',')
-        .map(|c| Signal::Tone(c.parse().unwrap()))
+        .map(|c| match c.strip_prefix("dc:") {
+            Some(value) => Signal::Dc(value.parse().unwrap()),
+            None => Signal::Tone(c.parse().unwrap()),
+        })
         .collect();
     let feeder = Feeder::start(&signals);
+    let probes: Vec<(String, Probe)> = std::env::var(PROBES_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(|name| (name.to_string(), Probe::named(name)))
+        .collect();
     println!("feeder ready");
     for line in std::io::stdin().lines() {
         match line.unwrap().trim() {
@@ -464,6 +523,11 @@ pub fn run_feeder_process() {
             command => {
                 if let Some(micros) = command.strip_prefix("stall ") {
                     feeder.stall(Duration::from_micros(micros.parse().unwrap()));
+                } else if let Some(name) = command.strip_prefix("last ") {
+                    if let Some((_, probe)) = probes.iter().find(|(n, _)| n == name) {
+                        let (left, right) = probe.last();
+                        println!("last {name} {left} {right}");
+                    }
                 }
             }
         }
