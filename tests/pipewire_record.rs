@@ -6,7 +6,7 @@
 //!
 //! The master outputs, read by probes under `pw-jack`, carry the monitor mix for several level,
 //! pan, mute and solo settings, and so do a track's direct outputs (`jack.direct_outs`); their
-//! links are stored and follow a rename.
+//! links are stored, follow a rename and are made again after a daemon restart.
 //!
 //! The other tests: the quantum forced from 256 to 4096 frames mid-take grows the node's
 //! buffers and the takes stay whole and aligned; WirePlumber beside the server, linking a
@@ -294,6 +294,31 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
     }
     mix::check_scenarios(&daemon, || [feeder.probe("probe"), feeder.probe("direct")]);
     assert!(stored(&daemon), "{:?}", daemon.saved_outputs());
+
+    // After a daemon restart the stored links are made again and carry the mix.
+    let mut daemon = daemon;
+    daemon.terminate();
+    wait_for(
+        || !server.has_port("overdub:mix.keys.in", false),
+        "the node's ports go with the daemon",
+    );
+    let daemon = Daemon::start(
+        &Reach::Bus(bus.address.clone()),
+        &dir.path().join("data"),
+        &settings(&server, "[jack]\ndirect_outs = true\n"),
+    );
+    for side in ["L", "R"] {
+        wait_for(
+            || {
+                server.links_into(&format!("probe:in_{side}"))
+                    == [format!("overdub:mix.master_out_{side}")]
+                    && server.links_into(&format!("direct:in_{side}"))
+                        == [format!("overdub:mix.keys.out_{side}")]
+            },
+            "the outputs' stored links are made again",
+        );
+    }
+    mix::check_scenarios(&daemon, || [feeder.probe("probe"), feeder.probe("direct")]);
 
     // Removing the track forgets where its direct outputs went.
     let session = format!("/org/overdub/Overdub1/session/{}", daemon.session_id());

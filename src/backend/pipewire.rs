@@ -696,6 +696,13 @@ fn between_cycles(
     job.result
 }
 
+/// Links into a track's ports that [`Connection::start_input_links`] asked for: the sources per
+/// channel that exist, and the names of those that do not.
+struct StartedLinks {
+    wanted: Vec<Vec<u32>>,
+    missing: Vec<String>,
+}
+
 /// The live connection: thread loop, context, core, registry, the filter and its queues.
 struct Connection {
     generation: u64,
@@ -1046,6 +1053,17 @@ impl Connection {
     /// and waits until the registry shows them. Answers whether every source was there: the
     /// others are linked when they appear (see [`PipeWireSession::poll`]).
     fn link_input(&mut self, ports: &[u32], input: &str) -> Result<bool, BackendError> {
+        let started = self.start_input_links(ports, input)?;
+        self.finish_input_links(ports, input, started)
+    }
+
+    /// The first half of [`Connection::link_input`]: asks the server for the links and returns
+    /// at once, with what [`Connection::finish_input_links`] waits for.
+    fn start_input_links(
+        &mut self,
+        ports: &[u32],
+        input: &str,
+    ) -> Result<StartedLinks, BackendError> {
         let channels = u8::try_from(ports.len()).unwrap_or(2);
         let (wanted, missing) = self.resolve_present(input, channels)?;
         let mut stale = Vec::new();
@@ -1068,6 +1086,18 @@ impl Connection {
             }
         }
         self.relink(&stale, &new)?;
+        Ok(StartedLinks { wanted, missing })
+    }
+
+    /// The second half of [`Connection::link_input`]: waits until the registry shows the links
+    /// into `ports` that `started` asked for; answers whether every source was there.
+    fn finish_input_links(
+        &mut self,
+        ports: &[u32],
+        input: &str,
+        started: StartedLinks,
+    ) -> Result<bool, BackendError> {
+        let StartedLinks { wanted, missing } = started;
         let settled = self.wait(|conn| {
             let model = lock(&conn.signals.model);
             ports
@@ -1993,11 +2023,12 @@ impl RunningBackend for PipeWireSession {
                 return Ok(());
             };
             // PipeWire shows a port's name as the registry announced it, so the track gets new
-            // ports, its inputs linked like the old ones before they replace them in the process
-            // callback (no cycle goes unlinked); the old ones are removed when the callback hands
-            // them back. The new direct outputs are linked at the next poll: a filter port that
-            // is linked but not yet run takes no buffers from then on, and while the outputs'
-            // links were being made here the new input, linked and waiting, got stuck so.
+            // ports, which replace the old ones in the process callback right after their input
+            // links are asked for: the links come up in the cycles after, so no cycle goes
+            // unlinked, and no linked input waits outside the callback (a filter port that is
+            // linked but not run for a few cycles gets no buffers from then on, and its track
+            // goes silent). The old ports are removed when the callback hands them back; the new
+            // direct outputs are linked at the next poll.
             let added = add_track(
                 connection,
                 &prefix,
@@ -2005,8 +2036,8 @@ impl RunningBackend for PipeWireSession {
                 track.channels,
                 graph.direct_outs,
             )?;
-            let complete = match connection.link_input(&added.ids, &track.input) {
-                Ok(complete) => complete,
+            let started = match connection.start_input_links(&added.ids, &track.input) {
+                Ok(started) => started,
                 Err(e) => {
                     connection.remove_ports(added.ports.handles().collect::<Vec<_>>());
                     return Err(e);
@@ -2024,7 +2055,13 @@ impl RunningBackend for PipeWireSession {
                 connection.remove_ports(handles);
                 return Err(BackendError::failed("the PipeWire command queue is full"));
             }
-            track.pending = !complete;
+            track.pending = match connection.finish_input_links(&added.ids, &track.input, started) {
+                Ok(complete) => !complete,
+                Err(e) => {
+                    tracing::warn!("track {name:?}: {e}");
+                    true
+                }
+            };
             meta.outputs_pending |= !added.out_ids.is_empty();
             Ok(())
         })
