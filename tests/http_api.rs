@@ -125,11 +125,7 @@ impl Api {
 
 /// Number of stored sessions, read from the database directly.
 fn stored_sessions(daemon: &Daemon) -> i64 {
-    let db = rusqlite::Connection::open_with_flags(
-        daemon.data_dir.join("overdub.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let db = daemon.database();
     db.query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
         .unwrap()
 }

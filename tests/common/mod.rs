@@ -322,13 +322,18 @@ impl Daemon {
         self.data_dir.join("sessions").join(session).join("takes")
     }
 
-    /// Take rows straight from the database (independent of the daemon).
-    pub fn takes(&self) -> Vec<TakeRecord> {
-        let db = rusqlite::Connection::open_with_flags(
+    /// The daemon's database, read-only (beside the daemon, independent of it).
+    pub fn database(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
             self.data_dir.join("overdub.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Take rows straight from the database (independent of the daemon).
+    pub fn takes(&self) -> Vec<TakeRecord> {
+        let db = self.database();
         let mut stmt = db
             .prepare("SELECT id, track_index, path, status, frames FROM takes ORDER BY id")
             .unwrap();
@@ -350,11 +355,7 @@ impl Daemon {
 impl Daemon {
     /// Where the session's outputs are patched as stored: (role, peers) rows from the database.
     pub fn saved_outputs(&self) -> Vec<(String, String)> {
-        let db = rusqlite::Connection::open_with_flags(
-            self.data_dir.join("overdub.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let db = self.database();
         let mut stmt = db
             .prepare("SELECT port, peers FROM output_connections ORDER BY port")
             .unwrap();
@@ -366,11 +367,7 @@ impl Daemon {
 
     /// Every journaled take event as `take kind frame length detail` lines (for diagnostics).
     pub fn take_events(&self) -> String {
-        let db = rusqlite::Connection::open_with_flags(
-            self.data_dir.join("overdub.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let db = self.database();
         let mut stmt = db
             .prepare("SELECT take_id, kind, frame, length, detail FROM take_events ORDER BY id")
             .unwrap();
