@@ -295,6 +295,41 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
     mix::check_scenarios(&daemon, || [feeder.probe("probe"), feeder.probe("direct")]);
     assert!(stored(&daemon), "{:?}", daemon.saved_outputs());
 
+    // A direct output linked on one side only still carries that side: unlinked, the right
+    // side is forgotten, so the ports of the next rename link the left side only.
+    let ok = server
+        .command("pw-link")
+        .args(["-d", "overdub:mix.keys.out_R", "direct:in_R"])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "pw-link -d");
+    wait_for(
+        || {
+            !daemon
+                .saved_outputs()
+                .iter()
+                .any(|(role, _)| role == "track3.out_R")
+        },
+        "the unlinked side is forgotten",
+    );
+    daemon.cli(&["track", "set", "3", "--name", "Keys 2"]);
+    assert!(server.links_into("direct:in_R").is_empty());
+    daemon.cli(&[
+        "track", "set", "3", "--level", "1", "--pan", "-1", "--unmute", "--unsolo",
+    ]);
+    daemon.cli(&["track", "set", "1", "--unsolo"]);
+    wait_for(
+        || {
+            let (left, _) = feeder.probe("direct");
+            server.links_into("direct:in_L") == ["overdub:mix.keys-2.out_L"]
+                && (f64::from(left) - mix::INPUTS[2]).abs() < 1e-4
+        },
+        "the linked side of a half-linked direct output carries the track",
+    );
+    daemon.cli(&["track", "set", "3", "--name", "Keys"]);
+    server.link("overdub:mix.keys.out_R", "direct:in_R");
+    wait_for(|| stored(&daemon), "the link made again is stored");
+
     // After a daemon restart the stored links are made again and carry the mix.
     let mut daemon = daemon;
     daemon.terminate();

@@ -56,7 +56,7 @@ use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, RunningBackend,
     TransportRequest,
 };
-use crate::engine::{Processor, TrackOutputs, NO_INPUT};
+use crate::engine::{touched_zeros, Processor, TrackOutputs, NO_INPUT};
 
 /// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
@@ -153,6 +153,9 @@ unsafe impl Send for OutBuffers {}
 /// The direct outputs of a node's tracks for one chunk of a cycle. **Real-time safe**.
 struct DirectOuts<'s> {
     tracks: &'s [Option<Box<TrackPorts>>],
+    /// Where the side of a track that PipeWire gave no buffer (an unlinked output) is written
+    /// and dropped, so a track linked on one side only still feeds that side.
+    scratch: &'s mut [f32],
     frames: usize,
     range: Range<usize>,
 }
@@ -160,21 +163,25 @@ struct DirectOuts<'s> {
 impl TrackOutputs for DirectOuts<'_> {
     fn track_output(&mut self, slot: usize) -> Option<(&mut [f32], &mut [f32])> {
         let OutBuffers([left, right]) = self.tracks.get(slot)?.as_ref()?.out_buffers;
-        if left.is_null() || right.is_null() || self.range.end > self.frames {
+        let (start, len) = (self.range.start, self.range.len());
+        if self.range.end > self.frames {
             return None;
         }
-        // SAFETY: `Node::run` set both this cycle from `pw_filter_get_dsp_buffer` on two
-        // distinct output ports of the filter: each its own buffer of at least `frames`
-        // samples, valid until the callback returns, and `range` lies within it. Nothing else
-        // refers to them meanwhile: the inputs were copied out before the processor runs, and
-        // the two slices borrow `self` mutably, so no other slice from this `DirectOuts` lives.
-        let (left, right) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(left.add(self.range.start), self.range.len()),
-                std::slice::from_raw_parts_mut(right.add(self.range.start), self.range.len()),
-            )
-        };
-        Some((left, right))
+        let scratch = self.scratch.get_mut(..len)?;
+        // SAFETY: `Node::run` set each non-null pointer this cycle from
+        // `pw_filter_get_dsp_buffer` on one of two distinct output ports of the filter: each
+        // its own buffer of at least `frames` samples, valid until the callback returns, and
+        // `range` lies within it. Nothing else refers to them meanwhile: the inputs were copied
+        // out before the processor runs, and the slices borrow `self` mutably, so no other slice
+        // from this `DirectOuts` lives.
+        let port =
+            |buffer: *mut f32| unsafe { std::slice::from_raw_parts_mut(buffer.add(start), len) };
+        match (left.is_null(), right.is_null()) {
+            (false, false) => Some((port(left), port(right))),
+            (true, false) => Some((scratch, port(right))),
+            (false, true) => Some((port(left), scratch)),
+            (true, true) => None,
+        }
     }
 }
 
@@ -204,6 +211,8 @@ struct Node {
     /// Whether its tracks get direct outputs (`jack.direct_outs`): without them the processor
     /// is given no per-track outputs to ask for.
     direct_outs: bool,
+    /// [`DirectOuts::scratch`]: [`MAX_DSP_FRAMES`] samples with direct outputs, else none.
+    out_scratch: Box<[f32]>,
 }
 
 impl Node {
@@ -217,6 +226,7 @@ impl Node {
             master,
             buffers: node_buffers,
             direct_outs,
+            out_scratch,
         } = self;
         for track in tracks.iter_mut().flatten() {
             let TrackPorts {
@@ -242,6 +252,7 @@ impl Node {
         let master = [master[0].buffer(frames), master[1].buffer(frames)];
         let mut direct = DirectOuts {
             tracks,
+            scratch: out_scratch,
             frames,
             range: 0..0,
         };
@@ -407,6 +418,8 @@ struct PortFacts {
     output: bool,
     audio: bool,
     physical: bool,
+    /// When the registry announced it.
+    added: Instant,
 }
 
 /// The graph as the registry shows it, kept by the thread loop's listeners.
@@ -451,11 +464,18 @@ impl Model {
             .map(|(&id, facts)| (id, facts))
     }
 
+    /// Whether the port called `full` is away: it does not exist, or it came after `since`
+    /// (its program started again after the links were last read, so a link it lacks was lost
+    /// with the program, not taken away by the user).
+    fn away(&self, full: &str, since: Instant) -> bool {
+        self.find(full).is_none_or(|(_, facts)| facts.added > since)
+    }
+
     /// The ports linked with `port` (into it when `port` is an input, out of it when an
-    /// output), as a `+` group sorted by name, keeping the names of `saved` whose ports do not
-    /// exist now: a link gone because its peer's program quit (or has not started yet) is not
-    /// the user's, and is made again when the port appears.
-    fn read_peers(&self, port: u32, saved: &[String]) -> String {
+    /// output), as a `+` group sorted by name, keeping the names of `saved` whose ports are
+    /// [away](Model::away) since `since`: a link gone because its peer's program quit (or has
+    /// not started yet) is not the user's, and is made again when the port appears.
+    fn read_peers(&self, port: u32, saved: &[String], since: Instant) -> String {
         let mut names: Vec<String> = self
             .links
             .values()
@@ -466,7 +486,7 @@ impl Model {
             })
             .collect();
         for missing in saved {
-            if self.find(missing).is_none() && !names.contains(missing) {
+            if self.away(missing, since) && !names.contains(missing) {
                 names.push(missing.clone());
             }
         }
@@ -475,15 +495,15 @@ impl Model {
     }
 
     /// The input word of a track's ports as the graph has them linked now (sources of the
-    /// `stored` word that do not exist now stay in it, see [`Model::read_peers`]).
-    fn read_input(&self, ports: &[u32], stored: &str) -> String {
+    /// `stored` word that are away since `since` stay in it, see [`Model::read_peers`]).
+    fn read_input(&self, ports: &[u32], stored: &str, since: Instant) -> String {
         let channels = u8::try_from(ports.len()).unwrap_or(2);
         let stored = parse_input(stored, channels).unwrap_or_default();
         let groups: Vec<String> = ports
             .iter()
             .enumerate()
             .map(|(channel, &port)| {
-                self.read_peers(port, stored.get(channel).map_or(&[], Vec::as_slice))
+                self.read_peers(port, stored.get(channel).map_or(&[], Vec::as_slice), since)
             })
             .collect();
         if groups.iter().all(String::is_empty) {
@@ -531,6 +551,7 @@ impl Model {
                         output: get("port.direction") == Some("out"),
                         audio: get("format.dsp").is_some_and(|f| f.contains("audio")),
                         physical: get("port.physical") == Some("true"),
+                        added: Instant::now(),
                     },
                 );
             }
@@ -694,13 +715,6 @@ fn between_cycles(
             .0;
     }
     job.result
-}
-
-/// Links into a track's ports that [`Connection::start_input_links`] asked for: the sources per
-/// channel that exist, and the names of those that do not.
-struct StartedLinks {
-    wanted: Vec<Vec<u32>>,
-    missing: Vec<String>,
 }
 
 /// The live connection: thread loop, context, core, registry, the filter and its queues.
@@ -1053,17 +1067,6 @@ impl Connection {
     /// and waits until the registry shows them. Answers whether every source was there: the
     /// others are linked when they appear (see [`PipeWireSession::poll`]).
     fn link_input(&mut self, ports: &[u32], input: &str) -> Result<bool, BackendError> {
-        let started = self.start_input_links(ports, input)?;
-        self.finish_input_links(ports, input, started)
-    }
-
-    /// The first half of [`Connection::link_input`]: asks the server for the links and returns
-    /// at once, with what [`Connection::finish_input_links`] waits for.
-    fn start_input_links(
-        &mut self,
-        ports: &[u32],
-        input: &str,
-    ) -> Result<StartedLinks, BackendError> {
         let channels = u8::try_from(ports.len()).unwrap_or(2);
         let (wanted, missing) = self.resolve_present(input, channels)?;
         let mut stale = Vec::new();
@@ -1086,18 +1089,6 @@ impl Connection {
             }
         }
         self.relink(&stale, &new)?;
-        Ok(StartedLinks { wanted, missing })
-    }
-
-    /// The second half of [`Connection::link_input`]: waits until the registry shows the links
-    /// into `ports` that `started` asked for; answers whether every source was there.
-    fn finish_input_links(
-        &mut self,
-        ports: &[u32],
-        input: &str,
-        started: StartedLinks,
-    ) -> Result<bool, BackendError> {
-        let StartedLinks { wanted, missing } = started;
         let settled = self.wait(|conn| {
             let model = lock(&conn.signals.model);
             ports
@@ -1118,7 +1109,6 @@ impl Connection {
                 })
                 .then_some(())
         });
-        self.untouch(ports);
         settled.ok_or_else(|| {
             BackendError::failed(format!(
                 "PipeWire did not make the links of {input:?} in time"
@@ -1161,7 +1151,6 @@ impl Connection {
                 .all(|pair| model.links.values().any(|l| l == pair))
                 .then_some(())
         });
-        self.untouch(&[port]);
         settled.ok_or_else(|| {
             BackendError::failed(format!(
                 "PipeWire did not make the links to {peers:?} in time"
@@ -1204,13 +1193,6 @@ impl Connection {
             self.links.insert((from, to), (Instant::now(), link));
         }
         Ok(())
-    }
-
-    /// What overdub did to `ports`' links itself is not news for control.
-    fn untouch(&self, ports: &[u32]) {
-        lock(&self.signals.model)
-            .touched
-            .retain(|port| !ports.contains(port));
     }
 
     /// Drops the proxies of links the registry has not shown for a while.
@@ -1297,6 +1279,8 @@ struct NodeMeta {
     outputs_pending: bool,
     /// Roles of removed tracks' outputs, reported forgotten at the next poll.
     gone_roles: Vec<String>,
+    /// When its ports' links were last read (see [`Model::away`]).
+    last_read: Instant,
 }
 
 /// The roles of the master outputs (their stored names, and their port names' last part).
@@ -1552,6 +1536,7 @@ impl PipeWireGraph {
             master,
             buffers,
             direct_outs: self.direct_outs,
+            out_scratch: touched_zeros(if self.direct_outs { MAX_DSP_FRAMES } else { 0 }),
         });
         if let Err(rtrb::PushError::Full(GraphCommand::Attach { node, .. })) = connection
             .commands
@@ -1573,6 +1558,7 @@ impl PipeWireGraph {
             outputs: BTreeMap::new(),
             outputs_pending: false,
             gone_roles: Vec::new(),
+            last_read: Instant::now(),
         });
         Ok(Box::new(PipeWireSession {
             graph: Arc::clone(self),
@@ -1841,16 +1827,17 @@ fn read_touched(
     touched: &[u32],
     events: &mut Vec<BackendEvent>,
 ) {
+    let since = std::mem::replace(&mut meta.last_read, Instant::now());
     for (&slot, track) in meta.tracks.iter_mut() {
         if !track.port_ids.iter().any(|p| touched.contains(p)) {
             continue;
         }
-        let input = model.read_input(&track.port_ids, &track.input);
+        let input = model.read_input(&track.port_ids, &track.input, since);
         track.pending = parse_input(&input, track.channels)
             .unwrap_or_default()
             .iter()
             .flatten()
-            .any(|source| model.find(source).is_none());
+            .any(|source| model.away(source, since));
         if input != track.input {
             track.input = input.clone();
             events.push(BackendEvent::InputChanged {
@@ -1869,8 +1856,8 @@ fn read_touched(
             .filter(|p| !p.is_empty())
             .map(str::to_string)
             .collect();
-        let peers = model.read_peers(port, &saved_peers);
-        meta.outputs_pending |= saved_peers.iter().any(|p| model.find(p).is_none());
+        let peers = model.read_peers(port, &saved_peers, since);
+        meta.outputs_pending |= saved_peers.iter().any(|p| model.away(p, since));
         if peers != saved {
             if peers.is_empty() {
                 meta.outputs.remove(&role);
@@ -1896,8 +1883,8 @@ impl PipeWireSession {
 }
 
 impl RunningBackend for PipeWireSession {
-    /// Links the master outputs as they were stored; peers that do not exist now are linked
-    /// when they appear.
+    /// Links the outputs (the master's and, with them, the tracks' direct outputs) as they were
+    /// stored; peers that do not exist now are linked when they appear.
     fn restore_outputs(&mut self, saved: &[(String, String)]) {
         self.with_state(|_, state, index| {
             let Some(meta) = state.nodes[index].as_mut() else {
@@ -2012,39 +1999,32 @@ impl RunningBackend for PipeWireSession {
             };
             let prefix = meta.prefix.clone();
             let base = unique_base(meta, slot, name);
+            let out_peers =
+                ["L", "R"].map(|side| meta.outputs.get(&track_out_role(slot, side)).cloned());
             let Some(track) = meta.tracks.get_mut(&slot) else {
                 return Ok(());
             };
             if track.base == base {
                 return Ok(());
             }
-            track.base = base;
             let Some(connection) = state.connection.as_mut() else {
+                track.base = base;
                 return Ok(());
             };
             // PipeWire shows a port's name as the registry announced it, so the track gets new
-            // ports, which replace the old ones in the process callback right after their input
-            // links are asked for: the links come up in the cycles after, so no cycle goes
-            // unlinked, and no linked input waits outside the callback (a filter port that is
-            // linked but not run for a few cycles gets no buffers from then on, and its track
-            // goes silent). The old ports are removed when the callback hands them back; the new
-            // direct outputs are linked at the next poll.
+            // ports. They replace the old ones in the process callback first and are linked
+            // like them after: a filter input that is linked but not run for a few cycles gets
+            // no buffers from then on (its track would stay silent), so no linked port may wait
+            // outside the callback. The track misses the cycles its new links take to come up
+            // (a few milliseconds). The old ports are removed when the callback hands them back.
             let added = add_track(
                 connection,
                 &prefix,
-                &track.base,
+                &base,
                 track.channels,
                 graph.direct_outs,
             )?;
-            let started = match connection.start_input_links(&added.ids, &track.input) {
-                Ok(started) => started,
-                Err(e) => {
-                    connection.remove_ports(added.ports.handles().collect::<Vec<_>>());
-                    return Err(e);
-                }
-            };
-            track.set_ports(&added);
-            let handles = track.handles.clone();
+            let handles: Vec<PortHandle> = added.ports.handles().collect();
             if let Err(rtrb::PushError::Full(_)) =
                 connection.commands.push(GraphCommand::SetTrack {
                     index,
@@ -2055,14 +2035,26 @@ impl RunningBackend for PipeWireSession {
                 connection.remove_ports(handles);
                 return Err(BackendError::failed("the PipeWire command queue is full"));
             }
-            track.pending = match connection.finish_input_links(&added.ids, &track.input, started) {
+            track.base = base;
+            track.handles = handles;
+            track.port_ids = added.ids;
+            track.out_ids = added.out_ids;
+            track.pending = match connection.link_input(&track.port_ids, &track.input) {
                 Ok(complete) => !complete,
                 Err(e) => {
                     tracing::warn!("track {name:?}: {e}");
                     true
                 }
             };
-            meta.outputs_pending |= !added.out_ids.is_empty();
+            let mut outputs_pending = false;
+            for (&port, peers) in track.out_ids.iter().zip(&out_peers) {
+                let Some(peers) = peers else { continue };
+                match connection.link_output(port, peers) {
+                    Ok(complete) => outputs_pending |= !complete,
+                    Err(e) => tracing::warn!("linking the direct outputs of track {name:?}: {e}"),
+                }
+            }
+            meta.outputs_pending |= outputs_pending;
             Ok(())
         })
     }
@@ -2169,7 +2161,8 @@ impl RunningBackend for PipeWireSession {
                     }
                 }
             }
-            if meta.outputs_pending && connection.quiet(&meta.master_ids) {
+            let outputs: Vec<u32> = meta.output_ports().into_iter().map(|(_, id)| id).collect();
+            if meta.outputs_pending && connection.quiet(&outputs) {
                 meta.outputs_pending = link_outputs(connection, meta);
             }
             events
@@ -2245,6 +2238,7 @@ mod tests {
             output,
             audio: true,
             physical: false,
+            added: Instant::now(),
         };
         model.ports.insert(11, port(10, "out_1", true));
         model.ports.insert(12, port(10, "out_2", true));
@@ -2261,10 +2255,13 @@ mod tests {
         assert_eq!(model.find("feeder:out_2").map(|(id, _)| id), Some(12));
         assert!(model.find("feeder:out_3").is_none());
         assert!(model.find("feede:out_1").is_none());
-        assert_eq!(model.read_input(&[21], "none"), "none");
+        assert_eq!(model.read_input(&[21], "none", Instant::now()), "none");
         model.links.insert(30, (12, 21));
         model.links.insert(31, (11, 21));
-        assert_eq!(model.read_input(&[21], "none"), "feeder:out_1+feeder:out_2");
+        assert_eq!(
+            model.read_input(&[21], "none", Instant::now()),
+            "feeder:out_1+feeder:out_2"
+        );
     }
 
     #[test]
@@ -2273,28 +2270,38 @@ mod tests {
         model.links.insert(30, (11, 21));
         let stored = "feeder:out_1+synth:out_L";
         assert_eq!(
-            model.read_input(&[21], stored),
+            model.read_input(&[21], stored, Instant::now()),
             "feeder:out_1+synth:out_L",
             "synth:out_L does not exist: its program is not running"
         );
         model.links.clear();
         assert_eq!(
-            model.read_input(&[21], stored),
+            model.read_input(&[21], stored, Instant::now()),
             "synth:out_L",
             "feeder:out_1 exists and is no longer linked: unlinked by hand"
         );
+        let before = Instant::now();
+        model.ports.get_mut(&11).unwrap().added = before + Duration::from_millis(1);
+        assert_eq!(
+            model.read_input(&[21], "feeder:out_1", before),
+            "feeder:out_1",
+            "its program started again since the last read: the link went with it"
+        );
         model.ports.remove(&11);
         assert_eq!(
-            model.read_input(&[21], "feeder:out_1"),
+            model.read_input(&[21], "feeder:out_1", Instant::now()),
             "feeder:out_1",
             "its program quit"
         );
         // An output reads the inputs it feeds.
         model.links.insert(32, (22, 51));
         let saved = ["other:in".to_string()];
-        assert_eq!(model.read_peers(22, &saved), "other:in+speakers:playback_1");
+        assert_eq!(
+            model.read_peers(22, &saved, Instant::now()),
+            "other:in+speakers:playback_1"
+        );
         model.links.clear();
-        assert_eq!(model.read_peers(22, &[]), "");
+        assert_eq!(model.read_peers(22, &[], Instant::now()), "");
     }
 
     #[test]

@@ -524,10 +524,12 @@ pub fn run_feeder_process() {
                 if let Some(micros) = command.strip_prefix("stall ") {
                     feeder.stall(Duration::from_micros(micros.parse().unwrap()));
                 } else if let Some(name) = command.strip_prefix("last ") {
-                    if let Some((_, probe)) = probes.iter().find(|(n, _)| n == name) {
-                        let (left, right) = probe.last();
-                        println!("last {name} {left} {right}");
-                    }
+                    // An unknown probe answers NaN, which no check accepts.
+                    let (left, right) = probes
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map_or((f32::NAN, f32::NAN), |(_, probe)| probe.last());
+                    println!("last {name} {left} {right}");
                 }
             }
         }
