@@ -29,14 +29,15 @@ use jack::{
 };
 
 use super::ports::{
-    self, lock, parse_input, read_or_last, track_out_names, track_out_role, track_port_names,
-    try_lock, ChunkOutputs, CycleBuffers, HostedNode, NodeBuffers, NodeCommand, TrackBuffers,
+    self, engine_inputs, lock, parse_input, read_or_last, track_out_names, track_out_role,
+    track_port_names, try_lock, ChunkOutputs, CycleBuffers, HostedNode, NodeBuffers, NodeCommand,
+    TrackBuffers,
 };
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, JackSettings, RunningBackend,
     TransportMode, TransportRequest,
 };
-use crate::engine::{Processor, TrackOutputs, NO_INPUT};
+use crate::engine::{Processor, TrackOutputs};
 
 /// Sessions one client can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
@@ -1384,12 +1385,7 @@ impl RunningBackend for JackSession {
                     },
                 );
             }
-            let first = u16::try_from(2 * slot).unwrap_or(NO_INPUT);
-            Ok(if channels >= 2 {
-                [first, first.saturating_add(1)]
-            } else {
-                [first, NO_INPUT]
-            })
+            Ok(engine_inputs(slot, channels))
         })
     }
 

@@ -49,14 +49,15 @@ use pw::thread_loop::ThreadLoopRc;
 use pw::types::ObjectType;
 
 use super::ports::{
-    self, lock, parse_input, read_or_last, track_out_names, track_out_role, track_port_names,
-    ChunkOutputs, CycleBuffers, HostedNode, NodeBuffers, NodeCommand, TrackBuffers,
+    self, engine_inputs, lock, parse_input, read_or_last, track_out_names, track_out_role,
+    track_port_names, ChunkOutputs, CycleBuffers, HostedNode, NodeBuffers, NodeCommand,
+    TrackBuffers,
 };
 use super::{
     BackendError, BackendEvent, BackendInfo, DeviceInfo, Direction, RunningBackend,
     TransportRequest,
 };
-use crate::engine::{touched_zeros, Processor, TrackOutputs, NO_INPUT};
+use crate::engine::{touched_zeros, Processor, TrackOutputs};
 
 /// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
@@ -1940,54 +1941,51 @@ impl RunningBackend for PipeWireSession {
             });
             track.channels = channels;
             track.input = input.to_string();
-            let mut fresh_outs = false;
-            if let Some(connection) = state.connection.as_mut() {
-                let fresh = existing
-                    .as_ref()
-                    .is_none_or(|t| t.channels != channels || t.port_ids.is_empty());
-                if fresh {
-                    let added = add_track(
-                        connection,
-                        &prefix,
-                        &track.base,
-                        channels,
-                        graph.direct_outs,
-                    )?;
-                    track.set_ports(&added);
-                    if let Err(rtrb::PushError::Full(GraphCommand::SetTrack {
-                        ports: Some(ports),
-                        ..
-                    })) = connection.commands.push(GraphCommand::SetTrack {
-                        index,
-                        slot,
-                        ports: Some(Box::new(added.ports)),
-                    }) {
-                        connection.remove_ports(ports.handles().collect::<Vec<_>>());
-                        return Err(BackendError::failed("the PipeWire command queue is full"));
-                    }
-                    fresh_outs = !track.out_ids.is_empty();
+            let Some(connection) = state.connection.as_mut() else {
+                if let Some(meta) = state.nodes[index].as_mut() {
+                    meta.tracks.insert(slot, track);
                 }
-                // Control checked the word; a source that has gone since (a synth not started
-                // yet, when a session reopens) keeps the word and is linked when it appears.
-                track.pending = match connection.link_input(&track.port_ids, input) {
-                    Ok(complete) => !complete,
-                    Err(e) => {
-                        tracing::warn!("track {name:?}: {e}");
-                        true
-                    }
-                };
+                return Ok(engine_inputs(slot, channels));
+            };
+            let fresh = existing
+                .as_ref()
+                .is_none_or(|t| t.channels != channels || t.port_ids.is_empty());
+            if fresh {
+                let added = add_track(
+                    connection,
+                    &prefix,
+                    &track.base,
+                    channels,
+                    graph.direct_outs,
+                )?;
+                track.set_ports(&added);
+                if let Err(rtrb::PushError::Full(GraphCommand::SetTrack {
+                    ports: Some(ports),
+                    ..
+                })) = connection.commands.push(GraphCommand::SetTrack {
+                    index,
+                    slot,
+                    ports: Some(Box::new(added.ports)),
+                }) {
+                    connection.remove_ports(ports.handles().collect::<Vec<_>>());
+                    return Err(BackendError::failed("the PipeWire command queue is full"));
+                }
             }
+            // Control checked the word; a source that has gone since (a synth not started
+            // yet, when a session reopens) keeps the word and is linked when it appears.
+            track.pending = match connection.link_input(&track.port_ids, input) {
+                Ok(complete) => !complete,
+                Err(e) => {
+                    tracing::warn!("track {name:?}: {e}");
+                    true
+                }
+            };
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.insert(slot, track);
-                // New direct outputs are linked to their role's stored peers at the next poll.
-                meta.outputs_pending |= fresh_outs;
+                // New direct outputs are linked like their roles were.
+                meta.outputs_pending = link_outputs(connection, meta);
             }
-            let first = u16::try_from(2 * slot).unwrap_or(NO_INPUT);
-            Ok(if channels >= 2 {
-                [first, first.saturating_add(1)]
-            } else {
-                [first, NO_INPUT]
-            })
+            Ok(engine_inputs(slot, channels))
         })
     }
 
@@ -1999,8 +1997,6 @@ impl RunningBackend for PipeWireSession {
             };
             let prefix = meta.prefix.clone();
             let base = unique_base(meta, slot, name);
-            let out_peers =
-                ["L", "R"].map(|side| meta.outputs.get(&track_out_role(slot, side)).cloned());
             let Some(track) = meta.tracks.get_mut(&slot) else {
                 return Ok(());
             };
@@ -2046,15 +2042,7 @@ impl RunningBackend for PipeWireSession {
                     true
                 }
             };
-            let mut outputs_pending = false;
-            for (&port, peers) in track.out_ids.iter().zip(&out_peers) {
-                let Some(peers) = peers else { continue };
-                match connection.link_output(port, peers) {
-                    Ok(complete) => outputs_pending |= !complete,
-                    Err(e) => tracing::warn!("linking the direct outputs of track {name:?}: {e}"),
-                }
-            }
-            meta.outputs_pending |= outputs_pending;
+            meta.outputs_pending = link_outputs(connection, meta);
             Ok(())
         })
     }

@@ -6,7 +6,9 @@
 use std::ops::Range;
 
 use super::{BackendError, PlanarInputs};
-use crate::engine::{touched_zeros, AudioInputs, ProcessContext, Processor, TrackOutputs};
+use crate::engine::{
+    touched_zeros, AudioInputs, ProcessContext, Processor, TrackOutputs, NO_INPUT,
+};
 
 /// Splits an input word into one group of source port names per channel: `none` (or empty),
 /// or one group per channel separated by `,`, each one or more ports separated by `+`
@@ -48,6 +50,17 @@ pub(super) fn track_port_names(prefix: &str, base: &str, channels: u8) -> Vec<St
         ]
     } else {
         vec![format!("{prefix}.{base}.in")]
+    }
+}
+
+/// The engine input channels of track `slot` on a graph with ports per track: the node copies
+/// channel `c` of track `slot` into engine channel `2 × slot + c` ([`run_cycle`]).
+pub(super) fn engine_inputs(slot: usize, channels: u8) -> [u16; 2] {
+    let first = u16::try_from(2 * slot).unwrap_or(NO_INPUT);
+    if channels >= 2 {
+        [first, first.saturating_add(1)]
+    } else {
+        [first, NO_INPUT]
     }
 }
 
