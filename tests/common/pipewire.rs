@@ -145,7 +145,7 @@ impl PipeWireServer {
 
     /// Starts `pw-record` into `file`: a capture stream, which a session manager links to the
     /// default source. Stopped on drop.
-    pub fn capture_stream(&self, file: &std::path::Path) -> CaptureStream {
+    pub fn capture_stream(&self, file: &std::path::Path) -> Program {
         let child = self
             .command("pw-record")
             .args([
@@ -161,12 +161,12 @@ impl PipeWireServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("pw-record must be installed (pipewire-bin)");
-        CaptureStream { child }
+        Program { child }
     }
 
     /// Starts `jack_iodelay` under `pw-jack`: another program with an input port,
     /// [`SINK_PORT`], for the master to be linked to. Stopped on drop.
-    pub fn sink(&self) -> Sink {
+    pub fn sink(&self) -> Program {
         let child = self
             .command("pw-jack")
             .arg("jack_iodelay")
@@ -180,7 +180,7 @@ impl PipeWireServer {
             "{SINK_PORT} missing:\n{}",
             self.output("pw-link", &["-i"])
         );
-        Sink { child }
+        Program { child }
     }
 
     /// Whether this server's session manager is still running (false when it has none).
@@ -323,26 +323,15 @@ impl Drop for PipeWireServer {
 /// The input port of [`PipeWireServer::sink`].
 pub const SINK_PORT: &str = "jack_delay:in";
 
-/// A program with an input port; stopped on drop.
-pub struct Sink {
-    child: Child,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, libc::SIGTERM);
-    }
-}
-
 /// The virtual source a server with a session manager has, made the default by WirePlumber.
 pub const MANAGED_SOURCE: &str = "test-source";
 
-/// A `pw-record` capture stream; stopped on drop.
-pub struct CaptureStream {
+/// A program a test started against the server (a capture stream, a sink); stopped on drop.
+pub struct Program {
     child: Child,
 }
 
-impl Drop for CaptureStream {
+impl Drop for Program {
     fn drop(&mut self) {
         stop_child(&mut self.child, libc::SIGTERM);
     }
