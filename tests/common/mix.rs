@@ -44,86 +44,33 @@ fn db_apart(a: f64, b: f64) -> f64 {
 /// for `read` — the last samples (left, right) of the master and of track 3's direct outputs —
 /// to show its mix; fails with the first side that does not.
 pub fn check_scenarios(daemon: &Daemon, mut read: impl FnMut() -> [(f32, f32); 2]) {
+    // Each track: level, pan, muted, soloed.
+    let mix = |level, pan, muted, soloed| TrackMix {
+        level,
+        pan,
+        muted,
+        soloed,
+    };
     let scenarios: [[TrackMix; 3]; 4] = [
         [
-            TrackMix {
-                level: 1.0,
-                pan: 0.0,
-                muted: false,
-                soloed: false,
-            },
-            TrackMix {
-                level: 0.5,
-                pan: -1.0,
-                muted: false,
-                soloed: false,
-            },
-            TrackMix {
-                level: 0.25,
-                pan: 0.5,
-                muted: false,
-                soloed: false,
-            },
+            mix(1.0, 0.0, false, false),
+            mix(0.5, -1.0, false, false),
+            mix(0.25, 0.5, false, false),
         ],
         [
-            TrackMix {
-                level: 1.0,
-                pan: 0.0,
-                muted: false,
-                soloed: false,
-            },
-            TrackMix {
-                level: 0.5,
-                pan: -1.0,
-                muted: true,
-                soloed: false,
-            },
-            TrackMix {
-                level: 1.5,
-                pan: 0.3,
-                muted: false,
-                soloed: false,
-            },
+            mix(1.0, 0.0, false, false),
+            mix(0.5, -1.0, true, false),
+            mix(1.5, 0.3, false, false),
         ],
         [
-            TrackMix {
-                level: 0.8,
-                pan: -0.4,
-                muted: false,
-                soloed: true,
-            },
-            TrackMix {
-                level: 0.5,
-                pan: -1.0,
-                muted: false,
-                soloed: false,
-            },
-            TrackMix {
-                level: 1.0,
-                pan: 1.0,
-                muted: false,
-                soloed: true,
-            },
+            mix(0.8, -0.4, false, true),
+            mix(0.5, -1.0, false, false),
+            mix(1.0, 1.0, false, true),
         ],
         [
-            TrackMix {
-                level: 2.0,
-                pan: 0.0,
-                muted: true,
-                soloed: true,
-            },
-            TrackMix {
-                level: 0.7,
-                pan: 0.2,
-                muted: false,
-                soloed: false,
-            },
-            TrackMix {
-                level: 1.0,
-                pan: 1.0,
-                muted: false,
-                soloed: true,
-            },
+            mix(2.0, 0.0, true, true),
+            mix(0.7, 0.2, false, false),
+            mix(1.0, 1.0, false, true),
         ],
     ];
     for (n, mix) in scenarios.iter().enumerate() {
