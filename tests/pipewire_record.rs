@@ -29,6 +29,10 @@ use common::*;
 
 /// Tone channels (frequencies 200 + 20 × channel Hz) of the feeder's three outputs.
 const CHANNELS: [usize; 3] = [3, 7, 11];
+/// Frames of capture latency the feeder's outputs report in the first test.
+const CAPTURE_LATENCY: u32 = 700;
+/// Frames of playback latency the probes' inputs report in the mix test.
+const PLAYBACK_LATENCY: u32 = 300;
 
 /// Not a test: the feeder process the other tests run under `pw-jack`.
 #[test]
@@ -114,16 +118,29 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         daemon.cli(&["track", "set", &track.to_string(), "--arm"]);
     }
 
+    // The feeder's outputs report a capture latency, as a sound card's do (not a whole number
+    // of quanta: PipeWire passes it on as 2 quanta and 188 frames). overdub passes it on to
+    // its outputs, where a program downstream reads it.
+    feeder.set_capture_latency(CAPTURE_LATENCY);
+    wait_for(
+        || feeder.latency("overdub:demo.master_out_L")[0] == (CAPTURE_LATENCY, CAPTURE_LATENCY),
+        "the master outputs report the capture latency of the tracks' sources",
+    );
+    assert_eq!(
+        feeder.latency("overdub:demo.track-1.in")[0],
+        (CAPTURE_LATENCY, CAPTURE_LATENCY)
+    );
+
     let cycles = record_three(&daemon, &mut feeder, || {});
 
-    // One quantum in, plus the quantum the processor works in.
+    // The sources' latency, plus the quantum the processor works in.
     let latency = daemon.cli_json(&["metrics", "--json"])["averageLatency"]
         .as_f64()
         .unwrap();
-    let expected = f64::from(2 * PERIOD) * 1000.0 / f64::from(RATE);
+    let expected = f64::from(CAPTURE_LATENCY + PERIOD) * 1000.0 / f64::from(RATE);
     assert!(
         (latency - expected).abs() < 1e-6,
-        "averageLatency {latency} ms"
+        "averageLatency {latency} ms, expected {expected}"
     );
     assert_three_takes_whole_and_aligned(&daemon, cycles, PERIOD);
 
@@ -266,6 +283,13 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
         );
     }
     mix::check_scenarios(&daemon, || [feeder.probe("probe"), feeder.probe("direct")]);
+    // The probes' inputs report a playback latency, as a sound card's do; overdub passes the
+    // longest on to its inputs, where a program upstream reads it.
+    feeder.set_playback_latency(PLAYBACK_LATENCY);
+    wait_for(
+        || feeder.latency("overdub:mix.track-1.in")[1].1 == PLAYBACK_LATENCY,
+        "the inputs report the playback latency of the outputs' sinks",
+    );
     let stored = |daemon: &Daemon| {
         let saved = daemon.saved_outputs();
         ["L", "R"].iter().all(|side| {
@@ -283,6 +307,10 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
         "the old ports go",
     );
     assert_eq!(server.links_into("overdub:mix.keys.in"), ["feeder:out_3"]);
+    wait_for(
+        || feeder.latency("overdub:mix.keys.in")[1].1 == PLAYBACK_LATENCY,
+        "a new input reports the playback latency too",
+    );
     for side in ["L", "R"] {
         wait_for(
             || {
@@ -357,23 +385,20 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
 
     // Removing the track forgets where its direct outputs went.
     let session = format!("/org/overdub/Overdub1/session/{}", daemon.session_id());
-    let removed = std::process::Command::new("busctl")
-        .args([
-            "--address",
-            &bus.address,
-            "call",
-            "org.overdub.Overdub1",
-            &session,
-        ])
-        .args(["org.overdub.Overdub1.Session", "RemoveTrack", "o"])
-        .arg(format!("{session}/track/3"))
-        .output()
-        .unwrap();
-    assert!(
-        removed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&removed.stderr)
-    );
+    let call = |method: &str, args: &[&str]| {
+        let out = std::process::Command::new("busctl")
+            .args(["--address", &bus.address, "call", "org.overdub.Overdub1"])
+            .args([&session, "org.overdub.Overdub1.Session", method])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    call("RemoveTrack", &["o", &format!("{session}/track/3")]);
     wait_for(
         || {
             let saved = daemon.saved_outputs();
@@ -385,6 +410,14 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
                     == 2
         },
         "the removed track's output links are forgotten",
+    );
+
+    // A track added now reports the outputs' playback latency at once: nothing else (a link,
+    // a port removed) passes it on to its new input.
+    call("AddTrack", &["sa{sv}", "Pad", "0"]);
+    wait_for(
+        || feeder.latency("overdub:mix.pad.in")[1].1 == PLAYBACK_LATENCY,
+        "a new input reports the playback latency of the outputs' sinks",
     );
     drop(feeder);
     let mut daemon = daemon;

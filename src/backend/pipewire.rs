@@ -19,6 +19,9 @@
 //! and reported so control can store them; a link whose peer's program quits stays in the word
 //! and is made again when the peer's port appears.
 //!
+//! Latencies are read from the ports' `SPA_PARAM_Latency` and passed on through the node
+//! ([`latency`]).
+//!
 //! When the server goes away (the core reports `EPIPE`, or the filter errors) the graph destroys
 //! the filter, takes every node back from the process data (which it owns), reports the loss and
 //! tries to connect again every [`RECONNECT_INTERVAL`]; when the server answers, the ports are
@@ -33,7 +36,7 @@ use std::ffi::{c_int, c_void, CString};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +61,8 @@ use super::{
     TransportRequest,
 };
 use crate::engine::{touched_zeros, Processor, TrackOutputs};
+
+mod latency;
 
 /// Sessions one node can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
@@ -349,6 +354,8 @@ impl FilterProcess {
 /// What the filter's callbacks receive as user data.
 struct FilterData {
     signals: Arc<GraphSignals>,
+    /// The filter, once created (before it connects, so before any event).
+    filter: AtomicPtr<pw_sys::pw_filter>,
     /// Touched only by the process callback while the filter lives, then by the graph.
     process: UnsafeCell<FilterProcess>,
 }
@@ -397,13 +404,48 @@ unsafe extern "C" fn on_state_changed(
     }));
 }
 
+/// The filter's parameter callback (thread loop): a port's `SPA_PARAM_Latency` (the latency of
+/// what it is linked with) is kept for [`PipeWireGraph::info`] and passed on to the ports of
+/// the other direction (see [`latency`]).
+unsafe extern "C" fn on_param_changed(
+    data: *mut c_void,
+    port_data: *mut c_void,
+    id: u32,
+    param: *const spa_sys::spa_pod,
+) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if id != spa_sys::SPA_PARAM_Latency {
+            return;
+        }
+        // SAFETY: as in `on_process`; only the `Sync` parts are read here.
+        let Some(data) = (unsafe { data.cast::<FilterData>().as_ref() }) else {
+            return;
+        };
+        let (Some(port), Some(filter)) = (
+            NonNull::new(port_data),
+            NonNull::new(data.filter.load(Ordering::Acquire)),
+        ) else {
+            return;
+        };
+        // SAFETY: PipeWire passes a valid pod (or null) for the duration of the call.
+        let Some(info) = (unsafe { latency::parse(param) }) else {
+            return;
+        };
+        let update = lock(&data.signals.latencies).reported(port, info);
+        if let Some(update) = update {
+            // SAFETY: the live filter whose ports the signals track, on its thread loop.
+            unsafe { update.apply(filter.as_ptr()) };
+        }
+    }));
+}
+
 /// The filter's events. Lives forever, as PipeWire requires of the table.
 static FILTER_EVENTS: pw_sys::pw_filter_events = pw_sys::pw_filter_events {
     version: pw_sys::PW_VERSION_FILTER_EVENTS,
     destroy: None,
     state_changed: Some(on_state_changed),
     io_changed: None,
-    param_changed: None,
+    param_changed: Some(on_param_changed),
     add_buffer: None,
     remove_buffer: None,
     process: Some(on_process),
@@ -607,6 +649,8 @@ struct GraphSignals {
     /// The registry's view. Lock order: the thread loop's lock first (its listeners run with it
     /// held), then this one; never the thread loop's while holding this.
     model: Mutex<Model>,
+    /// What the filter's ports are told of latency. Lock order as for `model` (never both).
+    latencies: Mutex<latency::Latencies>,
 }
 
 /// Holds a thread loop's lock (the thread loop does not dispatch while it is held).
@@ -801,6 +845,7 @@ impl Connection {
         let (retired_tx, retired_rx) = crate::engine::touched_ring(QUEUE);
         let data = Box::new(FilterData {
             signals: Arc::clone(&signals),
+            filter: AtomicPtr::new(ptr::null_mut()),
             process: UnsafeCell::new(FilterProcess {
                 nodes: (0..MAX_NODES).map(|_| None).collect(),
                 commands: command_rx,
@@ -829,6 +874,10 @@ impl Connection {
                 "cannot create the PipeWire filter node",
             ));
         };
+        // SAFETY: leaked above and alive until `close`; nothing else refers to it yet.
+        unsafe { data.as_ref() }
+            .filter
+            .store(filter.as_ptr(), Ordering::Release);
         // SAFETY: a zeroed `spa_hook` is its documented initial state.
         let mut filter_hook: Box<spa_sys::spa_hook> = Box::new(unsafe { std::mem::zeroed() });
         // SAFETY: the filter is new and the loop not started yet; the hook, the static events
@@ -842,7 +891,8 @@ impl Connection {
             );
             pw_sys::pw_filter_connect(
                 filter.as_ptr(),
-                pw_sys::pw_filter_flags_PW_FILTER_FLAG_RT_PROCESS,
+                pw_sys::pw_filter_flags_PW_FILTER_FLAG_RT_PROCESS
+                    | pw_sys::pw_filter_flags_PW_FILTER_FLAG_CUSTOM_LATENCY,
                 ptr::null_mut(),
                 0,
             )
@@ -951,10 +1001,15 @@ impl Connection {
             }
         });
         match data.and_then(NonNull::new) {
-            Some(data) => Ok(PortHandle {
-                data,
-                generation: self.generation,
-            }),
+            Some(data) => {
+                let update = lock(&self.signals.latencies).add(data, output);
+                // SAFETY: the live filter, its thread loop locked.
+                unsafe { update.apply(filter.as_ptr()) };
+                Ok(PortHandle {
+                    data,
+                    generation: self.generation,
+                })
+            }
             None => Err(BackendError::failed(format!(
                 "cannot add the PipeWire port {name:?}"
             ))),
@@ -970,6 +1025,7 @@ impl Connection {
         if ports.is_empty() {
             return;
         }
+        let removed: Vec<NonNull<c_void>> = ports.iter().map(|p| p.data).collect();
         let _lock = LoopLock::new(&self.thread_loop);
         between_cycles(self.data_loop, move || {
             for port in &ports {
@@ -979,6 +1035,12 @@ impl Connection {
             }
             ptr::null_mut()
         });
+        let updates = lock(&self.signals.latencies).remove(removed);
+        for update in updates {
+            // SAFETY: the live filter, its thread loop locked; the removed ports are no longer
+            // among those the update names.
+            unsafe { update.apply(self.filter.as_ptr()) };
+        }
     }
 
     /// The registry id of this node's port `name`, once the server shows it.
@@ -1394,19 +1456,23 @@ impl PipeWireGraph {
         self.sample_rate
     }
 
-    /// Rate and quantum of the graph's last cycle (the server's defaults before the first).
-    /// Latencies are estimated as one quantum each way (the cycle that carries the samples
-    /// into, or out of, the node), as the ALSA backend does; PipeWire's per-port latency
-    /// parameters are not read.
+    /// Rate and quantum of the graph's last cycle (the server's defaults before the first), and
+    /// the latencies PipeWire reports on the node's ports at that quantum: the longest capture
+    /// latency of what is linked into an input, and the longest playback latency of what an
+    /// output is linked to (0 where nothing is linked, or a peer reports none).
     pub fn info(&self) -> BackendInfo {
-        let period = period_of(&lock(&self.state));
+        let state = lock(&self.state);
+        let period = period_of(&state);
         self.last_period.store(period, Ordering::Relaxed);
+        let (input, output) = state.connection.as_ref().map_or((0, 0), |c| {
+            lock(&c.signals.latencies).frames(period, self.sample_rate)
+        });
         BackendInfo {
             name: "pipewire",
             sample_rate: self.sample_rate,
             period,
-            input_latency_frames: period,
-            output_latency_frames: period,
+            input_latency_frames: input,
+            output_latency_frames: output,
         }
     }
 

@@ -78,6 +78,8 @@ pub(super) struct ActiveSession {
     backend: Option<Box<dyn RunningBackend>>,
     writer: Option<CaptureWriter>,
     writer_events: mpsc::UnboundedReceiver<WriterToControl>,
+    /// The graph's input latency and period as the last recording run started (at open before
+    /// the first): what the metrics' `averageLatency` counts.
     input_latency_frames: u32,
     period: u32,
     format: SampleFormat,
@@ -423,6 +425,7 @@ impl ActiveSession {
             ));
         }
         self.check_free_space(&armed)?;
+        self.read_graph_timing();
         self.shared.reset_run_counters();
         self.xruns_seen = 0;
         self.run = RunStats::default();
@@ -453,6 +456,20 @@ impl ActiveSession {
             }
         }
         result
+    }
+
+    /// Reads the graph's period and input latency again for the run about to start: both change
+    /// with the server's buffer size, and the latency with what is linked into the tracks. Kept
+    /// as they were while the server is gone.
+    fn read_graph_timing(&mut self) {
+        let Some(backend) = self.backend.as_ref() else {
+            return;
+        };
+        let info = graph_call(|| backend.info());
+        if info.period > 0 {
+            self.period = info.period;
+            self.input_latency_frames = info.input_latency_frames;
+        }
     }
 
     /// `play`: roll without capturing.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jack::{AudioIn, AudioOut, Client, ClientOptions, Control, Port, ProcessScope};
+use jack::{AudioIn, AudioOut, Client, ClientOptions, Control, LatencyType, Port, ProcessScope};
 
 use super::RATE;
 
@@ -213,7 +213,7 @@ impl jack::ProcessHandler for FeederProcess {
 
 /// A JACK client `feeder` with outputs `out_1`… carrying `signals`.
 pub struct Feeder {
-    _client: jack::AsyncClient<(), FeederProcess>,
+    client: jack::AsyncClient<(), FeederProcess>,
     frame: Arc<AtomicU64>,
     impulse_at: Arc<AtomicU64>,
     missed: Arc<AtomicU64>,
@@ -249,7 +249,7 @@ impl Feeder {
         };
         let client = client.activate_async((), process).unwrap();
         Feeder {
-            _client: client,
+            client,
             frame,
             impulse_at,
             missed,
@@ -281,6 +281,24 @@ impl Feeder {
         self.frame.load(Ordering::Relaxed)
     }
 
+    /// Gives every output a capture latency of `frames`, as a sound card's capture ports report
+    /// theirs. Under `pw-jack` PipeWire passes it on to the linked ports at once; jackd would
+    /// overwrite it at its next latency computation (it keeps only what a latency callback
+    /// sets), so this serves the PipeWire tests.
+    pub fn set_capture_latency(&self, frames: u32) {
+        set_own_latency(self.client.as_client(), LatencyType::Capture, frames);
+    }
+
+    /// The (capture, playback) latency ranges of any port in the graph, as this client's
+    /// library reports them.
+    pub fn latency_of(&self, port: &str) -> Option<[(u32, u32); 2]> {
+        let port = self.client.as_client().port_by_name(port)?;
+        Some([
+            port.get_latency_range(LatencyType::Capture),
+            port.get_latency_range(LatencyType::Playback),
+        ])
+    }
+
     /// Puts an impulse on outputs 1 and 2 `after` frames from now; returns its feeder frame.
     pub fn impulse_in(&self, after: u64) -> u64 {
         let at = self.frame.load(Ordering::Relaxed) + after;
@@ -305,10 +323,21 @@ impl jack::ProcessHandler for ProbeProcess {
     }
 }
 
+/// Sets the latency range `mode` of every port of `client` to `frames` (see
+/// [`Feeder::set_capture_latency`]).
+fn set_own_latency(client: &Client, mode: LatencyType, frames: u32) {
+    let own = format!("^{}:", client.name());
+    for name in client.ports(Some(&own), None, jack::PortFlags::empty()) {
+        if let Some(port) = client.port_by_name(&name) {
+            port.set_latency_range(mode, (frames, frames));
+        }
+    }
+}
+
 /// A JACK client (`probe` unless named) with inputs `in_L`/`in_R` that keeps the last sample of
 /// each.
 pub struct Probe {
-    _client: jack::AsyncClient<(), ProbeProcess>,
+    client: jack::AsyncClient<(), ProbeProcess>,
     last: Arc<[AtomicU32; 2]>,
 }
 
@@ -330,9 +359,15 @@ impl Probe {
             last: Arc::clone(&last),
         };
         Probe {
-            _client: client.activate_async((), process).unwrap(),
+            client: client.activate_async((), process).unwrap(),
             last,
         }
+    }
+
+    /// Gives both inputs a playback latency of `frames`, as a sound card's playback ports
+    /// report theirs (under `pw-jack` only, see [`Feeder::set_capture_latency`]).
+    pub fn set_playback_latency(&self, frames: u32) {
+        set_own_latency(self.client.as_client(), LatencyType::Playback, frames);
     }
 
     /// The last (left, right) samples seen.

@@ -463,6 +463,29 @@ impl PwFeeder {
         self.ask("impulse")
     }
 
+    /// Gives the feeder's outputs a capture latency of `frames` (see
+    /// [`Feeder::set_capture_latency`]).
+    pub fn set_capture_latency(&mut self, frames: u32) {
+        assert_eq!(self.answer(&format!("capture-latency {frames}")), "ok");
+    }
+
+    /// Gives the inputs of every probe a playback latency of `frames` (see
+    /// [`Probe::set_playback_latency`]).
+    pub fn set_playback_latency(&mut self, frames: u32) {
+        assert_eq!(self.answer(&format!("playback-latency {frames}")), "ok");
+    }
+
+    /// The (capture, playback) latency ranges of `port` as pipewire-jack reports them (see
+    /// [`Feeder::latency_of`]).
+    pub fn latency(&mut self, port: &str) -> [(u32, u32); 2] {
+        let answer = self.answer(&format!("latency {port}"));
+        let n: Vec<u32> = answer
+            .split(' ')
+            .map(|n| n.parse().unwrap_or_else(|_| panic!("no port {port}")))
+            .collect();
+        [(n[0], n[1]), (n[2], n[3])]
+    }
+
     /// Makes the feeder's next cycle sleep for `duration` before writing (see
     /// [`Feeder::stall`]).
     pub fn stall(&mut self, duration: Duration) {
@@ -483,7 +506,10 @@ impl Drop for PwFeeder {
 /// on outputs 1 and 2 a quarter second ahead and prints `impulse FRAME`; `missed`, `cycles`
 /// and `frame` print `missed N` (its missed cycles), `cycles N` (cycles run) and `frame N`;
 /// `stall MICROSECONDS` stalls its next cycle; `last PROBE` prints `last PROBE LEFT RIGHT`,
-/// the last samples that probe saw. Returns at once when [`FEEDER_ENV`] is not set.
+/// the last samples that probe saw; `capture-latency FRAMES` and `playback-latency FRAMES` set
+/// the latency of the outputs and of every probe's inputs (and echo the command);
+/// `latency PORT` prints `latency PORT` and the port's capture and playback ranges (four
+/// numbers, or `none`). Returns at once when [`FEEDER_ENV`] is not set.
 pub fn run_feeder_process() {
     let Ok(list) = std::env::var(FEEDER_ENV) else {
         return;
@@ -510,7 +536,20 @@ pub fn run_feeder_process() {
             "cycles" => println!("cycles {}", feeder.cycles()),
             "frame" => println!("frame {}", feeder.frame()),
             command => {
-                if let Some(micros) = command.strip_prefix("stall ") {
+                if let Some(frames) = command.strip_prefix("capture-latency ") {
+                    feeder.set_capture_latency(frames.parse().unwrap());
+                    println!("{command} ok");
+                } else if let Some(frames) = command.strip_prefix("playback-latency ") {
+                    for (_, probe) in &probes {
+                        probe.set_playback_latency(frames.parse().unwrap());
+                    }
+                    println!("{command} ok");
+                } else if let Some(port) = command.strip_prefix("latency ") {
+                    match feeder.latency_of(port) {
+                        Some([(c0, c1), (p0, p1)]) => println!("{command} {c0} {c1} {p0} {p1}"),
+                        None => println!("{command} none"),
+                    }
+                } else if let Some(micros) = command.strip_prefix("stall ") {
                     feeder.stall(Duration::from_micros(micros.parse().unwrap()));
                 } else if let Some(name) = command.strip_prefix("last ") {
                     // An unknown probe answers NaN, which no check accepts.
