@@ -2,12 +2,13 @@
 //! of three tracks, a probe client reads `master_out_L/R`, and for several level, pan, mute and
 //! solo settings both sides equal Σ level × pan gain × input over the audible tracks, within
 //! 0.1 dB. Track 3's direct outputs (`jack.direct_outs`) carry its own share of that mix, and
-//! every port follows a rename.
+//! every port follows a rename. Where the direct outputs go stays stored while they are turned
+//! off, and is forgotten when the track is removed.
 #![cfg(feature = "jack")]
 
 mod common;
 
-use common::jack::{self, connect, Feeder, JackServer, Probe, Signal};
+use common::jack::{self, connect, disconnect, Feeder, JackServer, Probe, Signal};
 use common::mix::{self, INPUTS};
 use common::*;
 
@@ -15,11 +16,15 @@ use common::*;
 fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
     let server = JackServer::start(256);
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(
-        &Reach::PeerToPeer(dir.path().join("run")),
-        &dir.path().join("data"),
-        &jack::settings(&server, "[jack]\ndirect_outs = true\n"),
-    );
+    let bus = Bus::start();
+    let start = |direct_outs: bool| {
+        Daemon::start(
+            &Reach::Bus(bus.address.clone()),
+            &dir.path().join("data"),
+            &jack::settings(&server, &format!("[jack]\ndirect_outs = {direct_outs}\n")),
+        )
+    };
+    let daemon = start(true);
     daemon.cli(&["session", "create", "mix", "--tracks", "3"]);
     let _feeder = Feeder::start(&INPUTS.map(|v| Signal::Dc(v as f32)));
     let probe = Probe::start();
@@ -49,5 +54,62 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
     assert_eq!(
         server.connections("overdub:mix.keys.out_L"),
         vec!["direct:in_L"]
+    );
+    let direct_stored = |daemon: &Daemon| {
+        let saved = daemon.saved_outputs();
+        ["L", "R"].iter().all(|side| {
+            saved.contains(&(format!("track3.out_{side}"), format!("direct:in_{side}")))
+        })
+    };
+    wait_for(
+        || direct_stored(&daemon),
+        "the direct outputs' links are stored",
+    );
+
+    // With direct outputs turned off, where they went stays stored while the master's links
+    // change, and it is restored when they are turned on again.
+    let mut daemon = daemon;
+    daemon.terminate();
+    let mut daemon = start(false);
+    wait_for(
+        || server.connections("overdub:mix.master_out_L") == ["probe:in_L"],
+        "the master's links are restored",
+    );
+    disconnect("overdub:mix.master_out_L", "probe:in_L");
+    wait_for(
+        || {
+            !daemon
+                .saved_outputs()
+                .iter()
+                .any(|(role, _)| role == "master_out_L")
+        },
+        "the master's unlinked side is forgotten",
+    );
+    assert!(direct_stored(&daemon), "{:?}", daemon.saved_outputs());
+    connect("overdub:mix.master_out_L", "probe:in_L");
+    daemon.terminate();
+    let daemon = start(true);
+    for side in ["L", "R"] {
+        wait_for(
+            || {
+                server.connections(&format!("overdub:mix.keys.out_{side}"))
+                    == [format!("direct:in_{side}")]
+            },
+            "the direct outputs' links are restored",
+        );
+    }
+
+    // Removing the track forgets them.
+    let session = daemon.session_id();
+    let track_3 = format!("/org/overdub/Overdub1/session/{session}/track/3");
+    bus.call_session(&session, "RemoveTrack", &["o", &track_3]);
+    wait_for(
+        || {
+            !daemon
+                .saved_outputs()
+                .iter()
+                .any(|(role, _)| role.starts_with("track3."))
+        },
+        "the removed track's output links are forgotten",
     );
 }

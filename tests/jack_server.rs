@@ -65,23 +65,10 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
     let feeder = Feeder::start(&[Signal::Dc(0.1)]);
     let session = daemon.session_id();
     for (name, input) in [("Гитара", "feeder:out_1"), ("Бас", "none")] {
-        let out = Command::new("busctl")
-            .args(["--address", &bus.address, "call", "org.overdub.Overdub1"])
-            .arg(format!("/org/overdub/Overdub1/session/{session}"))
-            .args([
-                "org.overdub.Overdub1.Session",
-                "AddTrack",
-                "sa{sv}",
-                name,
-                "1",
-            ])
-            .args(["input", "s", input])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        bus.call_session(
+            &session,
+            "AddTrack",
+            &["sa{sv}", name, "1", "input", "s", input],
         );
     }
     let ports = server.lsp(&[]);

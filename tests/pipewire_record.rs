@@ -384,21 +384,9 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
     mix::check_scenarios(&daemon, || [feeder.probe("probe"), feeder.probe("direct")]);
 
     // Removing the track forgets where its direct outputs went.
-    let session = format!("/org/overdub/Overdub1/session/{}", daemon.session_id());
-    let call = |method: &str, args: &[&str]| {
-        let out = std::process::Command::new("busctl")
-            .args(["--address", &bus.address, "call", "org.overdub.Overdub1"])
-            .args([&session, "org.overdub.Overdub1.Session", method])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{method}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    call("RemoveTrack", &["o", &format!("{session}/track/3")]);
+    let session = daemon.session_id();
+    let track_3 = format!("/org/overdub/Overdub1/session/{session}/track/3");
+    bus.call_session(&session, "RemoveTrack", &["o", &track_3]);
     wait_for(
         || {
             let saved = daemon.saved_outputs();
@@ -414,7 +402,7 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
 
     // A track added now reports the outputs' playback latency at once: nothing else (a link,
     // a port removed) passes it on to its new input.
-    call("AddTrack", &["sa{sv}", "Pad", "0"]);
+    bus.call_session(&session, "AddTrack", &["sa{sv}", "Pad", "0"]);
     wait_for(
         || feeder.latency("overdub:mix.pad.in")[1].1 == PLAYBACK_LATENCY,
         "a new input reports the playback latency of the outputs' sinks",

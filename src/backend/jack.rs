@@ -372,6 +372,8 @@ struct NodeMeta {
     outputs: BTreeMap<String, String>,
     /// The outputs' connections changed: the session re-reads them at its next poll.
     outputs_dirty: bool,
+    /// Roles of removed tracks' outputs, reported forgotten at the next poll.
+    gone_roles: Vec<String>,
 }
 
 impl NodeMeta {
@@ -690,6 +692,7 @@ impl JackGraph {
             transport_seen,
             outputs: BTreeMap::new(),
             outputs_dirty: false,
+            gone_roles: Vec::new(),
         });
         Ok(Box::new(JackSession {
             graph: Arc::clone(self),
@@ -1435,7 +1438,8 @@ impl RunningBackend for JackSession {
         self.with_meta(|_, state, index| {
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.remove(&slot);
-                meta.outputs_dirty = true;
+                let gone = ports::forget_track_outputs(&mut meta.outputs, slot);
+                meta.gone_roles.extend(gone);
             }
             if let Some(node) = state.parked[index].as_mut() {
                 if let Some(cell) = node.tracks.get_mut(slot) {
@@ -1483,6 +1487,12 @@ impl RunningBackend for JackSession {
             events.push(BackendEvent::Restored);
             meta.transport_seen = None;
         }
+        for role in std::mem::take(&mut meta.gone_roles) {
+            events.push(BackendEvent::OutputsChanged {
+                port: role,
+                peers: String::new(),
+            });
+        }
         if graph.transport == TransportMode::Follow {
             if let Some(now) = state
                 .connection
@@ -1513,20 +1523,6 @@ impl RunningBackend for JackSession {
                             peers,
                         });
                     }
-                }
-                // Roles of tracks that are gone are forgotten.
-                let gone: Vec<String> = meta
-                    .outputs
-                    .keys()
-                    .filter(|role| !ports.iter().any(|(r, _)| r == *role))
-                    .cloned()
-                    .collect();
-                for role in gone {
-                    meta.outputs.remove(&role);
-                    events.push(BackendEvent::OutputsChanged {
-                        port: role,
-                        peers: String::new(),
-                    });
                 }
             }
             for (&slot, track) in meta.tracks.iter_mut() {

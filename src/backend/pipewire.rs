@@ -2118,13 +2118,8 @@ impl RunningBackend for PipeWireSession {
         self.with_state(|_, state, index| {
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.remove(&slot);
-                // Where its direct outputs went is forgotten with it.
-                for side in ["L", "R"] {
-                    let role = track_out_role(slot, side);
-                    if meta.outputs.remove(&role).is_some() {
-                        meta.gone_roles.push(role);
-                    }
-                }
+                let gone = ports::forget_track_outputs(&mut meta.outputs, slot);
+                meta.gone_roles.extend(gone);
             }
             if let Some(node) = state.parked[index].as_mut() {
                 if let Some(cell) = node.tracks.get_mut(slot) {

@@ -3,6 +3,7 @@
 //! running a node's processor over a cycle ([`run_cycle`]) and while its server is gone
 //! ([`run_silent`]). [`apply_commands`] and [`run_cycle`] are real-time code.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use super::{BackendError, PlanarInputs};
@@ -76,6 +77,20 @@ pub(super) fn track_out_names(prefix: &str, base: &str) -> [String; 2] {
 /// so it survives renames): `track2.out_L`.
 pub(super) fn track_out_role(slot: usize, side: &str) -> String {
     format!("track{}.out_{side}", slot + 1)
+}
+
+/// Forgets where the direct outputs of the track in `slot` went, as the track is removed (and
+/// only then: a role without a port now, direct outputs turned off for instance, is kept).
+/// Returns the roles forgotten, to be reported with no peers.
+pub(super) fn forget_track_outputs(
+    outputs: &mut BTreeMap<String, String>,
+    slot: usize,
+) -> Vec<String> {
+    ["L", "R"]
+        .iter()
+        .map(|side| track_out_role(slot, side))
+        .filter(|role| outputs.remove(role).is_some())
+        .collect()
 }
 
 /// The track part of a track's port names: its name's slug (`track` when nothing is left of

@@ -384,3 +384,11 @@ pub fn connect(a: &str, b: &str) {
     let ok = Command::new("jack_connect").args([a, b]).status().unwrap();
     assert!(ok.success(), "jack_connect {a} {b}");
 }
+
+pub fn disconnect(a: &str, b: &str) {
+    let ok = Command::new("jack_disconnect")
+        .args([a, b])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "jack_disconnect {a} {b}");
+}

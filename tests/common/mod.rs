@@ -55,6 +55,25 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// Calls `method` of session `session_id`'s `org.overdub.Overdub1.Session` with `busctl`
+    /// (`args`: the signature, then the values) and asserts that it succeeded.
+    pub fn call_session(&self, session_id: &str, method: &str, args: &[&str]) {
+        let out = Command::new("busctl")
+            .args(["--address", &self.address, "call", "org.overdub.Overdub1"])
+            .arg(format!("/org/overdub/Overdub1/session/{session_id}"))
+            .args(["org.overdub.Overdub1.Session", method])
+            .args(args)
+            .output()
+            .expect("busctl must be installed (systemd)");
+        assert!(
+            out.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for Bus {
     fn drop(&mut self) {
         let _ = self.child.kill();
