@@ -82,6 +82,19 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
     sleep(1.0);
     let metrics = daemon.cli(&["stop", "--json"]);
 
+    // The input latency is ALSA's capture delay as the run started: at least the period the
+    // callback was woken for, at most what the device's buffer holds; the period the processor
+    // works in comes on top.
+    let latency: f64 = serde_json::from_str::<serde_json::Value>(&metrics).unwrap()
+        ["averageLatency"]
+        .as_f64()
+        .unwrap();
+    let periods = latency * f64::from(RATE) / 1000.0 / f64::from(PERIOD);
+    assert!(
+        (2.0..=9.0).contains(&periods),
+        "averageLatency {latency} ms is {periods} periods"
+    );
+
     let takes = daemon.takes();
     assert_eq!(takes.len(), 3, "{takes:?}\n{}", daemon.log());
     let wavs: Vec<Wav> = takes.iter().map(|t| read_wav(&t.path)).collect();

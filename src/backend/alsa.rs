@@ -24,7 +24,7 @@
 //! Everything else runs on control's threads.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -338,9 +338,14 @@ where
     }
 }
 
-/// What the stream callbacks tell control (all counters only grow).
+/// What the stream callbacks tell control (the counters only grow).
 #[derive(Default)]
 struct StreamSignals {
+    /// Frames between the first sample of the last captured buffer reaching the device and the
+    /// callback that got it (ALSA's delay, through cpal's capture timestamp).
+    capture_delay: AtomicU32,
+    /// `capture_delay` has been measured.
+    capture_measured: AtomicBool,
     /// Xruns cpal reported (and recovered from), plus periods whose master the playback ring
     /// had no room for.
     xruns: AtomicU64,
@@ -383,6 +388,8 @@ struct CaptureCallback {
     channels: usize,
     master: Option<rtrb::Producer<[f32; 2]>>,
     signals: Arc<StreamSignals>,
+    /// Frames per second of the capture stream.
+    rate: u32,
     /// Where the processor goes when the callback is dropped.
     rescue: mpsc::Sender<Processor>,
     /// The processor panicked: it is not run again.
@@ -398,6 +405,7 @@ impl CaptureCallback {
         channels: usize,
         master: Option<rtrb::Producer<[f32; 2]>>,
         signals: Arc<StreamSignals>,
+        rate: u32,
         rescue: mpsc::Sender<Processor>,
     ) -> Self {
         CaptureCallback {
@@ -408,6 +416,7 @@ impl CaptureCallback {
             channels,
             master,
             signals,
+            rate,
             rescue,
             broken: false,
             promoted: false,
@@ -415,13 +424,22 @@ impl CaptureCallback {
     }
 
     /// Runs the processor over one captured buffer, [`CHUNK_FRAMES`] at a time, and queues the
-    /// master for playback. **Real-time safe**.
-    fn run<T>(&mut self, data: &[T])
+    /// master for playback; notes how long ago the buffer began (`info`'s timestamps).
+    /// **Real-time safe**.
+    fn run<T>(&mut self, data: &[T], info: &cpal::InputCallbackInfo)
     where
         T: Copy,
         f32: FromSample<T>,
     {
         self.signals.callbacks.fetch_add(1, Ordering::Relaxed);
+        let stamp = info.timestamp();
+        let delay = stamp.callback.duration_since(stamp.capture);
+        let frames = delay.as_secs_f64() * f64::from(self.rate);
+        // Saturates: an absurd delay cannot wrap to a small one.
+        self.signals
+            .capture_delay
+            .store(frames.round() as u32, Ordering::Relaxed);
+        self.signals.capture_measured.store(true, Ordering::Release);
         if !self.promoted {
             self.promoted = true;
             promote_current_thread(&self.signals);
@@ -515,25 +533,25 @@ fn build_capture(
     let built = match plan.format {
         SampleFormat::F32 => device.build_input_stream(
             plan.config,
-            move |data: &[f32], _: &_| callback.run(data),
+            move |data: &[f32], info: &_| callback.run(data, info),
             errors,
             timeout,
         ),
         SampleFormat::I32 => device.build_input_stream(
             plan.config,
-            move |data: &[i32], _: &_| callback.run(data),
+            move |data: &[i32], info: &_| callback.run(data, info),
             errors,
             timeout,
         ),
         SampleFormat::I24 => device.build_input_stream(
             plan.config,
-            move |data: &[cpal::I24], _: &_| callback.run(data),
+            move |data: &[cpal::I24], info: &_| callback.run(data, info),
             errors,
             timeout,
         ),
         SampleFormat::I16 => device.build_input_stream(
             plan.config,
-            move |data: &[i16], _: &_| callback.run(data),
+            move |data: &[i16], info: &_| callback.run(data, info),
             errors,
             timeout,
         ),
@@ -674,6 +692,7 @@ impl AlsaSession {
             usize::from(plan.config.channels),
             playback.is_some().then_some(master_tx),
             Arc::clone(&self.signals),
+            plan.config.sample_rate,
             self.rescue_tx.clone(),
         );
         let Some(device) = find_device(&host, &plan.device, Direction::Input) else {
@@ -715,13 +734,21 @@ impl AlsaSession {
 }
 
 impl RunningBackend for AlsaSession {
+    /// The input latency is ALSA's capture delay at the last callback (one period until the
+    /// first); the output latency is estimated as two periods (the ring to the playback stream
+    /// and the device's period).
     fn info(&self) -> BackendInfo {
         let out_period = self.plan.playback.as_ref().map_or(0, |_| 2 * self.period);
+        let input = if self.signals.capture_measured.load(Ordering::Acquire) {
+            self.signals.capture_delay.load(Ordering::Relaxed)
+        } else {
+            self.period
+        };
         BackendInfo {
             name: "alsa",
             sample_rate: self.plan.capture.config.sample_rate,
             period: self.period,
-            input_latency_frames: self.period,
+            input_latency_frames: input,
             output_latency_frames: out_period,
         }
     }
@@ -989,7 +1016,7 @@ mod tests {
     }
 
     #[test]
-    fn the_capture_callback_runs_the_processor_in_chunks_and_hands_it_back() {
+    fn the_capture_callback_runs_the_processor_in_chunks_notes_the_delay_and_hands_it_back() {
         use crate::engine::{engine, EngineConfig};
         let (processor, _handle, _markers) = engine(EngineConfig::new(48_000, 256, 2));
         let (rescue_tx, rescue_rx) = mpsc::channel();
@@ -1000,13 +1027,20 @@ mod tests {
             2,
             Some(master_tx),
             Arc::clone(&signals),
+            48_000,
             rescue_tx,
         );
         // Longer than a chunk: processed as CHUNK_FRAMES + the rest, all of it reaching the
-        // master ring.
+        // master ring. Its first sample was captured 10 ms before the callback.
         let frames = CHUNK_FRAMES + 100;
-        callback.run(&vec![0.0f32; 2 * frames]);
+        let info = cpal::InputCallbackInfo::new(cpal::InputStreamTimestamp {
+            callback: cpal::StreamInstant::new(5, 10_000_000),
+            capture: cpal::StreamInstant::new(5, 0),
+        });
+        callback.run(&vec![0.0f32; 2 * frames], &info);
         assert_eq!(signals.callbacks.load(Ordering::Relaxed), 1);
+        assert_eq!(signals.capture_delay.load(Ordering::Relaxed), 480);
+        assert!(signals.capture_measured.load(Ordering::Relaxed));
         assert_eq!(master_rx.slots(), frames);
         assert_eq!(signals.xruns.load(Ordering::Relaxed), 0);
         assert!(rescue_rx.try_recv().is_err());
