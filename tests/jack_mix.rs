@@ -85,8 +85,17 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
         },
         "the master's unlinked side is forgotten",
     );
-    assert!(direct_stored(&daemon), "{:?}", daemon.saved_outputs());
     connect("overdub:mix.master_out_L", "probe:in_L");
+    // Stored again at a later poll: every change read before it is stored too.
+    wait_for(
+        || {
+            daemon
+                .saved_outputs()
+                .contains(&("master_out_L".into(), "probe:in_L".into()))
+        },
+        "the master's link made again is stored",
+    );
+    assert!(direct_stored(&daemon), "{:?}", daemon.saved_outputs());
     daemon.terminate();
     let daemon = start(true);
     for side in ["L", "R"] {

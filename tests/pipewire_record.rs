@@ -122,14 +122,17 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
     // of quanta: PipeWire passes it on as 2 quanta and 188 frames). overdub passes it on to
     // its outputs, where a program downstream reads it.
     feeder.set_capture_latency(CAPTURE_LATENCY);
-    wait_for(
-        || feeder.latency("overdub:demo.master_out_L")[0] == (CAPTURE_LATENCY, CAPTURE_LATENCY),
-        "the master outputs report the capture latency of the tracks' sources",
-    );
-    assert_eq!(
-        feeder.latency("overdub:demo.track-1.in")[0],
-        (CAPTURE_LATENCY, CAPTURE_LATENCY)
-    );
+    let both = (CAPTURE_LATENCY, CAPTURE_LATENCY);
+    for port in ["overdub:demo.track-1.in", "overdub:demo.master_out_L"] {
+        wait_for(
+            || {
+                feeder
+                    .latency(port)
+                    .is_some_and(|[capture, _]| capture == both)
+            },
+            "the inputs and the master outputs report the capture latency of the sources",
+        );
+    }
 
     let cycles = record_three(&daemon, &mut feeder, || {});
 
@@ -287,7 +290,7 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
     // longest on to its inputs, where a program upstream reads it.
     feeder.set_playback_latency(PLAYBACK_LATENCY);
     wait_for(
-        || feeder.latency("overdub:mix.track-1.in")[1].1 == PLAYBACK_LATENCY,
+        || reports_playback_latency(&mut feeder, "overdub:mix.track-1.in"),
         "the inputs report the playback latency of the outputs' sinks",
     );
     let stored = |daemon: &Daemon| {
@@ -308,7 +311,7 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
     );
     assert_eq!(server.links_into("overdub:mix.keys.in"), ["feeder:out_3"]);
     wait_for(
-        || feeder.latency("overdub:mix.keys.in")[1].1 == PLAYBACK_LATENCY,
+        || reports_playback_latency(&mut feeder, "overdub:mix.keys.in"),
         "a new input reports the playback latency too",
     );
     for side in ["L", "R"] {
@@ -404,7 +407,7 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
     // a port removed) passes it on to its new input.
     bus.call_session(&session, "AddTrack", &["sa{sv}", "Pad", "0"]);
     wait_for(
-        || feeder.latency("overdub:mix.pad.in")[1].1 == PLAYBACK_LATENCY,
+        || reports_playback_latency(&mut feeder, "overdub:mix.pad.in"),
         "a new input reports the playback latency of the outputs' sinks",
     );
     drop(feeder);
@@ -557,6 +560,13 @@ struct FeederCycles {
 /// Records: `record`, then `during` (mid-take), an impulse from the feeder, and `stop` once
 /// the feeder is a quarter second past the impulse (the graph's clock, not ours) and the take
 /// is over 1.2 s long. Returns the feeder's cycles from `record` to `stop`.
+/// Whether `port` reports the probes' [`PLAYBACK_LATENCY`] as its longest playback latency.
+fn reports_playback_latency(feeder: &mut PwFeeder, port: &str) -> bool {
+    feeder
+        .latency(port)
+        .is_some_and(|[_, (_, longest)]| longest == PLAYBACK_LATENCY)
+}
+
 fn record_three(daemon: &Daemon, feeder: &mut PwFeeder, during: impl FnOnce()) -> FeederCycles {
     let (ran, missed) = (feeder.cycles(), feeder.missed_cycles());
     daemon.cli(&["record"]);

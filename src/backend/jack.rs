@@ -372,8 +372,6 @@ struct NodeMeta {
     outputs: BTreeMap<String, String>,
     /// The outputs' connections changed: the session re-reads them at its next poll.
     outputs_dirty: bool,
-    /// Roles of removed tracks' outputs, reported forgotten at the next poll.
-    gone_roles: Vec<String>,
 }
 
 impl NodeMeta {
@@ -692,7 +690,6 @@ impl JackGraph {
             transport_seen,
             outputs: BTreeMap::new(),
             outputs_dirty: false,
-            gone_roles: Vec::new(),
         });
         Ok(Box::new(JackSession {
             graph: Arc::clone(self),
@@ -1438,8 +1435,7 @@ impl RunningBackend for JackSession {
         self.with_meta(|_, state, index| {
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.remove(&slot);
-                let gone = ports::forget_track_outputs(&mut meta.outputs, slot);
-                meta.gone_roles.extend(gone);
+                ports::forget_track_outputs(&mut meta.outputs, slot);
             }
             if let Some(node) = state.parked[index].as_mut() {
                 if let Some(cell) = node.tracks.get_mut(slot) {
@@ -1486,12 +1482,6 @@ impl RunningBackend for JackSession {
         if std::mem::take(&mut meta.restored_pending) {
             events.push(BackendEvent::Restored);
             meta.transport_seen = None;
-        }
-        for role in std::mem::take(&mut meta.gone_roles) {
-            events.push(BackendEvent::OutputsChanged {
-                port: role,
-                peers: String::new(),
-            });
         }
         if graph.transport == TransportMode::Follow {
             if let Some(now) = state

@@ -972,8 +972,14 @@ impl Connection {
         self.signals.lost.load(Ordering::Acquire)
     }
 
-    /// Adds a DSP port called `name` to the node (`output` for the masters).
-    fn add_port(&mut self, name: &str, output: bool) -> Result<PortHandle, BackendError> {
+    /// Adds a DSP port called `name` to the node (`output` for the masters and direct outputs)
+    /// at `place` in the signal flow (see [`latency`]).
+    fn add_port(
+        &mut self,
+        name: &str,
+        output: bool,
+        place: latency::Place,
+    ) -> Result<PortHandle, BackendError> {
         let mut props = PropertiesBox::new();
         props.insert("format.dsp", DSP_FORMAT);
         props.insert("port.name", name);
@@ -1002,7 +1008,7 @@ impl Connection {
         });
         match data.and_then(NonNull::new) {
             Some(data) => {
-                let update = lock(&self.signals.latencies).add(data, output);
+                let update = lock(&self.signals.latencies).add(data, output, place);
                 // SAFETY: the live filter, its thread loop locked.
                 unsafe { update.apply(filter.as_ptr()) };
                 Ok(PortHandle {
@@ -1035,12 +1041,10 @@ impl Connection {
             }
             ptr::null_mut()
         });
-        let updates = lock(&self.signals.latencies).remove(removed);
-        for update in updates {
-            // SAFETY: the live filter, its thread loop locked; the removed ports are no longer
-            // among those the update names.
-            unsafe { update.apply(self.filter.as_ptr()) };
-        }
+        let update = lock(&self.signals.latencies).remove(removed);
+        // SAFETY: the live filter, its thread loop locked; the removed ports are not among
+        // those the update names.
+        unsafe { update.apply(self.filter.as_ptr()) };
     }
 
     /// The registry id of this node's port `name`, once the server shows it.
@@ -1340,8 +1344,6 @@ struct NodeMeta {
     outputs: BTreeMap<String, String>,
     /// Some saved peer of an output does not exist now: linked at the first poll that finds it.
     outputs_pending: bool,
-    /// Roles of removed tracks' outputs, reported forgotten at the next poll.
-    gone_roles: Vec<String>,
     /// When its ports' links were last read (see [`Model::away`]).
     last_read: Instant,
 }
@@ -1457,16 +1459,20 @@ impl PipeWireGraph {
     }
 
     /// Rate and quantum of the graph's last cycle (the server's defaults before the first), and
-    /// the latencies PipeWire reports on the node's ports at that quantum: the longest capture
-    /// latency of what is linked into an input, and the longest playback latency of what an
-    /// output is linked to (0 where nothing is linked, or a peer reports none).
-    pub fn info(&self) -> BackendInfo {
+    /// the latencies PipeWire reports on session `index`'s ports at that quantum: the longest
+    /// capture latency of what is linked into its tracks, and the longest playback latency of
+    /// what its outputs are linked to (0 where nothing is linked, or a peer reports none).
+    pub fn info(&self, index: usize) -> BackendInfo {
         let state = lock(&self.state);
         let period = period_of(&state);
         self.last_period.store(period, Ordering::Relaxed);
-        let (input, output) = state.connection.as_ref().map_or((0, 0), |c| {
-            lock(&c.signals.latencies).frames(period, self.sample_rate)
-        });
+        let node = state.nodes.get(index).and_then(Option::as_ref);
+        let (input, output) = match (state.connection.as_ref(), node) {
+            (Some(c), Some(node)) => {
+                lock(&c.signals.latencies).frames(&node.prefix, period, self.sample_rate)
+            }
+            _ => (0, 0),
+        };
         BackendInfo {
             name: "pipewire",
             sample_rate: self.sample_rate,
@@ -1624,7 +1630,6 @@ impl PipeWireGraph {
             master_ids,
             outputs: BTreeMap::new(),
             outputs_pending: false,
-            gone_roles: Vec::new(),
             last_read: Instant::now(),
         });
         Ok(Box::new(PipeWireSession {
@@ -1795,7 +1800,11 @@ fn add_master(
     prefix: &str,
 ) -> Result<([PortHandle; 2], Vec<u32>), BackendError> {
     let names = MASTER_ROLES.map(|role| format!("{prefix}.{role}"));
-    let (handles, ids) = add_ports(connection, &names, true)?;
+    let place = latency::Place {
+        node: prefix.to_string(),
+        track: None,
+    };
+    let (handles, ids) = add_ports(connection, &names, true, &place)?;
     Ok(([handles[0], handles[1]], ids))
 }
 
@@ -1833,9 +1842,14 @@ fn add_track(
     channels: u8,
     direct_outs: bool,
 ) -> Result<AddedTrack, BackendError> {
-    let (inputs, ids) = add_ports(connection, &track_port_names(prefix, base, channels), false)?;
+    let place = latency::Place {
+        node: prefix.to_string(),
+        track: Some(base.to_string()),
+    };
+    let inputs = track_port_names(prefix, base, channels);
+    let (inputs, ids) = add_ports(connection, &inputs, false, &place)?;
     let (outs, out_ids) = if direct_outs {
-        match add_ports(connection, &track_out_names(prefix, base), true) {
+        match add_ports(connection, &track_out_names(prefix, base), true, &place) {
             Ok((outs, out_ids)) => (Some([outs[0], outs[1]]), out_ids),
             Err(e) => {
                 connection.remove_ports(inputs);
@@ -1852,22 +1866,25 @@ fn add_track(
     })
 }
 
-/// Adds a port for each of `names` (outputs or inputs) and waits for their registry ids; on
-/// failure, removes the ones it added.
+/// Adds a port for each of `names` (outputs or inputs) at `place` and waits for their registry
+/// ids; on failure, removes the ones it added.
 fn add_ports(
     connection: &mut Connection,
     names: &[String],
     output: bool,
+    place: &latency::Place,
 ) -> Result<(Vec<PortHandle>, Vec<u32>), BackendError> {
     let mut handles = Vec::with_capacity(names.len());
     let mut ids = Vec::with_capacity(names.len());
     for name in names {
-        let added = connection.add_port(name, output).and_then(|port| {
-            handles.push(port);
-            connection.port_id(name).ok_or_else(|| {
-                BackendError::failed(format!("PipeWire did not show the port {name:?} in time"))
-            })
-        });
+        let added = connection
+            .add_port(name, output, place.clone())
+            .and_then(|port| {
+                handles.push(port);
+                connection.port_id(name).ok_or_else(|| {
+                    BackendError::failed(format!("PipeWire did not show the port {name:?} in time"))
+                })
+            });
         match added {
             Ok(id) => ids.push(id),
             Err(e) => {
@@ -1965,7 +1982,7 @@ impl RunningBackend for PipeWireSession {
     }
 
     fn info(&self) -> BackendInfo {
-        self.graph.info()
+        self.graph.info(self.index)
     }
 
     fn devices(&self) -> Vec<DeviceInfo> {
@@ -2118,8 +2135,7 @@ impl RunningBackend for PipeWireSession {
         self.with_state(|_, state, index| {
             if let Some(meta) = state.nodes[index].as_mut() {
                 meta.tracks.remove(&slot);
-                let gone = ports::forget_track_outputs(&mut meta.outputs, slot);
-                meta.gone_roles.extend(gone);
+                ports::forget_track_outputs(&mut meta.outputs, slot);
             }
             if let Some(node) = state.parked[index].as_mut() {
                 if let Some(cell) = node.tracks.get_mut(slot) {
@@ -2166,12 +2182,6 @@ impl RunningBackend for PipeWireSession {
             }
             if std::mem::take(&mut meta.restored_pending) {
                 events.push(BackendEvent::Restored);
-            }
-            for role in std::mem::take(&mut meta.gone_roles) {
-                events.push(BackendEvent::OutputsChanged {
-                    port: role,
-                    peers: String::new(),
-                });
             }
             let Some(connection) = state.connection.as_mut() else {
                 return events;

@@ -80,17 +80,12 @@ pub(super) fn track_out_role(slot: usize, side: &str) -> String {
 }
 
 /// Forgets where the direct outputs of the track in `slot` went, as the track is removed (and
-/// only then: a role without a port now, direct outputs turned off for instance, is kept).
-/// Returns the roles forgotten, to be reported with no peers.
-pub(super) fn forget_track_outputs(
-    outputs: &mut BTreeMap<String, String>,
-    slot: usize,
-) -> Vec<String> {
-    ["L", "R"]
-        .iter()
-        .map(|side| track_out_role(slot, side))
-        .filter(|role| outputs.remove(role).is_some())
-        .collect()
+/// only then: a role without a port now, direct outputs turned off for instance, is kept). The
+/// store deletes them with the track.
+pub(super) fn forget_track_outputs(outputs: &mut BTreeMap<String, String>, slot: usize) {
+    for side in ["L", "R"] {
+        outputs.remove(&track_out_role(slot, side));
+    }
 }
 
 /// The track part of a track's port names: its name's slug (`track` when nothing is left of

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::backend::{BackendError, BackendEvent, Graph, RunningBackend, TransportRequest};
+use crate::backend::{
+    BackendError, BackendEvent, BackendInfo, Graph, RunningBackend, TransportRequest,
+};
 use crate::capture::{
     bytes_per_second, free_space, CaptureWriter, ControlToWriter, SampleFormat, WriterConfig,
     WriterToControl,
@@ -79,7 +81,8 @@ pub(super) struct ActiveSession {
     writer: Option<CaptureWriter>,
     writer_events: mpsc::UnboundedReceiver<WriterToControl>,
     /// The graph's input latency and period as the last recording run started (at open before
-    /// the first): what the metrics' `averageLatency` counts.
+    /// the first): what the metrics' `averageLatency` counts. The period is also what the
+    /// engine is run with while the server is gone.
     input_latency_frames: u32,
     period: u32,
     format: SampleFormat,
@@ -425,7 +428,7 @@ impl ActiveSession {
             ));
         }
         self.check_free_space(&armed)?;
-        self.read_graph_timing();
+        let timing = self.graph_timing();
         self.shared.reset_run_counters();
         self.xruns_seen = 0;
         self.run = RunStats::default();
@@ -448,7 +451,13 @@ impl ActiveSession {
                 .await;
         }
         match &result {
-            Ok(()) => self.lead(TransportRequest::Start),
+            Ok(()) => {
+                if let Some(info) = timing {
+                    self.period = info.period;
+                    self.input_latency_frames = info.input_latency_frames;
+                }
+                self.lead(TransportRequest::Start)
+            }
             Err(error) => {
                 for (index, take_id) in prepared {
                     self.cancel_take(index, take_id, &error.message).await;
@@ -458,18 +467,13 @@ impl ActiveSession {
         result
     }
 
-    /// Reads the graph's period and input latency again for the run about to start: both change
-    /// with the server's buffer size, and the latency with what is linked into the tracks. Kept
-    /// as they were while the server is gone.
-    fn read_graph_timing(&mut self) {
-        let Some(backend) = self.backend.as_ref() else {
-            return;
-        };
-        let info = graph_call(|| backend.info());
-        if info.period > 0 {
-            self.period = info.period;
-            self.input_latency_frames = info.input_latency_frames;
-        }
+    /// The graph's period and input latency now, for the run about to start: both change with
+    /// the server's buffer size, and the latency with what is linked into the tracks. `None`
+    /// while the server is gone (what was read before stays).
+    fn graph_timing(&self) -> Option<BackendInfo> {
+        let backend = self.backend.as_ref()?;
+        let info = graph_call(|| backend.is_running().then(|| backend.info()))?;
+        (info.period > 0).then_some(info)
     }
 
     /// `play`: roll without capturing.

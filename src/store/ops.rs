@@ -196,15 +196,27 @@ impl Store {
             .await
     }
 
-    /// Deletes a track and its clips; its takes stay on record. An unknown track is an error.
+    /// Deletes a track, its clips and where its direct outputs were patched (a later track with
+    /// its index starts unpatched); its takes stay on record. An unknown track is an error.
     pub async fn delete_track(&self, session_id: &str, index: u32) -> Result<(), StoreError> {
         let key = session_id.to_owned();
         let deleted = self
             .call(move |conn| {
-                conn.execute(
+                let tx = conn.transaction()?;
+                let deleted = tx.execute(
                     "DELETE FROM tracks WHERE session_id = ?1 AND idx = ?2",
                     params![key, index],
-                )
+                )?;
+                tx.execute(
+                    "DELETE FROM output_connections WHERE session_id = ?1 AND port IN (?2, ?3)",
+                    params![
+                        key,
+                        format!("track{index}.out_L"),
+                        format!("track{index}.out_R")
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(deleted)
             })
             .await?;
         if deleted == 0 {
@@ -562,7 +574,23 @@ mod tests {
         changed.monitoring = "input".to_owned();
         store.upsert_track("a", track(4)).await.unwrap();
         store.upsert_track("a", changed.clone()).await.unwrap();
+        for (port, peers) in [
+            ("master_out_L", "system:playback_1"),
+            ("track1.out_L", "fx:in_1"),
+            ("track1.out_R", "fx:in_2"),
+            ("track2.out_L", "fx:in_3"),
+        ] {
+            store.set_output_connection("a", port, peers).await.unwrap();
+        }
         store.delete_track("a", 1).await.unwrap();
+        // Where the deleted track's direct outputs went goes with it.
+        assert_eq!(
+            store.output_connections("a").await.unwrap(),
+            vec![
+                ("master_out_L".to_owned(), "system:playback_1".to_owned()),
+                ("track2.out_L".to_owned(), "fx:in_3".to_owned()),
+            ]
+        );
         let (_, tracks) = store.load_session("a").await.unwrap().unwrap();
         assert_eq!(tracks, vec![changed, track(3), track(4)]);
         assert!(store.delete_track("a", 1).await.is_err());

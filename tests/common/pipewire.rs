@@ -476,14 +476,14 @@ impl PwFeeder {
     }
 
     /// The (capture, playback) latency ranges of `port` as pipewire-jack reports them (see
-    /// [`Feeder::latency_of`]).
-    pub fn latency(&mut self, port: &str) -> [(u32, u32); 2] {
+    /// [`Feeder::latency_of`]), `None` while the feeder does not know the port (yet).
+    pub fn latency(&mut self, port: &str) -> Option<[(u32, u32); 2]> {
         let answer = self.answer(&format!("latency {port}"));
         let n: Vec<u32> = answer
             .split(' ')
-            .map(|n| n.parse().unwrap_or_else(|_| panic!("no port {port}")))
-            .collect();
-        [(n[0], n[1]), (n[2], n[3])]
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
+        Some([(n[0], n[1]), (n[2], n[3])])
     }
 
     /// Makes the feeder's next cycle sleep for `duration` before writing (see

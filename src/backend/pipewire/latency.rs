@@ -3,48 +3,77 @@
 //! The server tells each port of the filter the latency of what it is linked with, as a
 //! `SPA_PARAM_Latency` parameter: an input learns the *capture* latency of its sources (how long
 //! ago the first sample of a cycle met the microphone), an output the *playback* latency of its
-//! sinks (how long until the first sample of a cycle reaches the speaker). Each is a span in
+//! sinks (how long until the first sample of a cycle reaches the speaker). Each is a range in
 //! quanta, frames and nanoseconds (`spa_latency_info`), so it follows the graph's quantum.
 //!
 //! The node sets `PW_FILTER_FLAG_CUSTOM_LATENCY` so these parameters reach overdub (PipeWire's
-//! own algorithm keeps them to itself). [`Latencies`] therefore also passes them on as that
-//! algorithm does: every output reports the combined capture latency of all inputs (what the
-//! master and direct outputs carry was captured that long ago), and every input the combined
-//! playback latency of all outputs. Programs linked downstream, a DAW compensating for
-//! latency among them, read the same figures as before.
+//! own algorithm keeps them to itself, and would mix every session's ports). [`Latencies`]
+//! therefore also passes them on, along the way the signal flows through the node: a session's
+//! master outputs report the combined capture latency of all its tracks' inputs, a track's
+//! direct outputs that of its own inputs, and a track's inputs the combined playback latency of
+//! the outputs they feed (the master's and the track's own). Combined means the shortest
+//! minimum and the longest maximum, as PipeWire combines them. Programs downstream and
+//! upstream, a DAW compensating for latency among them, read the whole chain.
 //!
 //! Nothing here runs on the real-time thread: the parameters arrive on the thread loop, and
-//! ports come and go on control's threads with the thread loop locked.
+//! ports are added and removed by control with the thread loop locked.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
 use super::{pw_sys, spa_sys};
 
 /// A port's latency parameter: direction (`SPA_DIRECTION_OUTPUT` for capture latency,
-/// `SPA_DIRECTION_INPUT` for playback) and its span.
+/// `SPA_DIRECTION_INPUT` for playback) and its range.
 pub(super) type LatencyInfo = spa_sys::spa_latency_info;
 
-/// What the peers of each port of the filter report, keyed by the port's `port_data` address.
+/// Where a port of the filter sits in the signal flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Place {
+    /// The session (its port names' prefix).
+    pub node: String,
+    /// The track (its port names' base), `None` for the master outputs.
+    pub track: Option<String>,
+}
+
+/// What the peers of each port of the filter report and what overdub told each, keyed by the
+/// port's `port_data` address.
 #[derive(Default)]
 pub(super) struct Latencies {
     ports: HashMap<usize, PortLatency>,
 }
 
-/// One port's side of [`Latencies`].
+/// One port's entry in [`Latencies`].
 struct PortLatency {
     output: bool,
+    place: Place,
     /// The latency its peers reported: capture latency for an input, playback latency for an
     /// output (zero until they report one).
     reported: LatencyInfo,
+    /// The latency overdub last set on it (the other direction's).
+    told: Option<LatencyInfo>,
+}
+
+impl PortLatency {
+    /// Whether the signal flows between these two ports through the node: an input feeds its
+    /// session's master outputs and its own track's direct outputs.
+    fn linked(&self, other: &PortLatency) -> bool {
+        let (input, output) = match (self.output, other.output) {
+            (false, true) => (self, other),
+            (true, false) => (other, self),
+            _ => return false,
+        };
+        input.place.node == output.place.node
+            && (output.place.track.is_none() || output.place.track == input.place.track)
+    }
 }
 
 /// Latency parameters to set on ports of the filter (see [`Update::apply`]).
 #[must_use = "an update does nothing until it is applied"]
+#[derive(Default)]
 pub(super) struct Update {
-    info: LatencyInfo,
-    ports: Vec<usize>,
+    ports: Vec<(usize, LatencyInfo)>,
 }
 
 /// The latency direction a port of the filter is told about by its peers: inputs hear of
@@ -68,6 +97,14 @@ fn zero(direction: spa_sys::spa_direction) -> LatencyInfo {
         min_ns: 0,
         max_ns: 0,
     }
+}
+
+/// Whether two latency parameters say the same.
+fn same(a: &LatencyInfo, b: &LatencyInfo) -> bool {
+    (a.direction, a.min_rate, a.max_rate, a.min_ns, a.max_ns)
+        == (b.direction, b.min_rate, b.max_rate, b.min_ns, b.max_ns)
+        && a.min_quantum.to_bits() == b.min_quantum.to_bits()
+        && a.max_quantum.to_bits() == b.max_quantum.to_bits()
 }
 
 /// The largest latency `info` spans, in frames at `quantum` frames per cycle and `rate` frames
@@ -94,62 +131,60 @@ pub(super) unsafe fn parse(param: *const spa_sys::spa_pod) -> Option<LatencyInfo
 }
 
 impl Latencies {
-    /// A new port of the filter, with no latency reported yet. Returns what it should report
-    /// itself: the other side's combined latency.
-    pub(super) fn add(&mut self, port: NonNull<c_void>, output: bool) -> Update {
+    /// A new port of the filter at `place`, with no latency reported yet. Returns what it should
+    /// report itself, and what the ports it is linked with should report now that it counts.
+    pub(super) fn add(&mut self, port: NonNull<c_void>, output: bool, place: Place) -> Update {
+        let key = port.as_ptr() as usize;
         self.ports.insert(
-            port.as_ptr() as usize,
+            key,
             PortLatency {
                 output,
+                place,
                 reported: zero(heard_by(output)),
+                told: None,
             },
         );
-        Update {
-            info: self.combined(!output),
-            ports: vec![port.as_ptr() as usize],
-        }
+        let mut targets = self.linked_with(key);
+        targets.insert(key);
+        self.refresh(targets)
     }
 
-    /// Ports removed from the filter (all of them already gone from it). Returns what the
-    /// ports left on the other side of each should report now that their latency no longer
-    /// counts.
-    pub(super) fn remove(
-        &mut self,
-        ports: impl IntoIterator<Item = NonNull<c_void>>,
-    ) -> Vec<Update> {
-        let mut sides = [false; 2];
-        for port in ports {
-            if let Some(removed) = self.ports.remove(&(port.as_ptr() as usize)) {
-                sides[usize::from(removed.output)] = true;
-            }
+    /// Ports removed from the filter (all of them already gone from it). Returns what the ports
+    /// they were linked with should report now that they no longer count.
+    pub(super) fn remove(&mut self, ports: impl IntoIterator<Item = NonNull<c_void>>) -> Update {
+        let keys: Vec<usize> = ports.into_iter().map(|p| p.as_ptr() as usize).collect();
+        let mut targets = BTreeSet::new();
+        for key in &keys {
+            targets.extend(self.linked_with(*key));
         }
-        [false, true]
-            .into_iter()
-            .filter(|&output| sides[usize::from(output)])
-            .map(|output| self.passed_on(output))
-            .collect()
+        for key in &keys {
+            self.ports.remove(key);
+            targets.remove(key);
+        }
+        self.refresh(targets)
     }
 
-    /// The peers of `port` report `info`. Returns what the other side should report now;
-    /// `None` for a port the filter does not have (any more), or a report of the latency `port`
-    /// itself gives (PipeWire sends both directions).
+    /// The peers of `port` report `info`. Returns what the ports it is linked with should
+    /// report now; `None` for a port the filter does not have (any more), or a report of the
+    /// latency `port` itself gives (PipeWire sends both directions).
     pub(super) fn reported(&mut self, port: NonNull<c_void>, info: LatencyInfo) -> Option<Update> {
-        let entry = self.ports.get_mut(&(port.as_ptr() as usize))?;
+        let key = port.as_ptr() as usize;
+        let entry = self.ports.get_mut(&key)?;
         if info.direction != heard_by(entry.output) {
             return None;
         }
         entry.reported = info;
-        let output = entry.output;
-        Some(self.passed_on(output))
+        let targets = self.linked_with(key);
+        Some(self.refresh(targets))
     }
 
-    /// The largest latency reported to the inputs (capture) and to the outputs (playback), in
-    /// frames at `quantum` and `rate`; 0 where nothing reports one.
-    pub(super) fn frames(&self, quantum: u32, rate: u32) -> (u32, u32) {
+    /// The largest latency reported to session `node`'s inputs (capture) and to its outputs
+    /// (playback), in frames at `quantum` and `rate`; 0 where nothing reports one.
+    pub(super) fn frames(&self, node: &str, quantum: u32, rate: u32) -> (u32, u32) {
         let largest = |output: bool| {
             self.ports
                 .values()
-                .filter(|p| p.output == output)
+                .filter(|p| p.output == output && p.place.node == node)
                 .map(|p| max_frames(&p.reported, quantum, rate))
                 .max()
                 .unwrap_or(0)
@@ -157,62 +192,72 @@ impl Latencies {
         (largest(false), largest(true))
     }
 
-    /// The latency the ports of one side were told, combined (shortest minimum, longest
-    /// maximum), as PipeWire combines it.
-    fn combined(&self, output: bool) -> LatencyInfo {
-        let mut info = zero(heard_by(output));
-        // SAFETY: plain functions over the structs passed.
-        unsafe {
-            spa_sys::spa_latency_info_combine_start(&mut info, heard_by(output));
-            for port in self.ports.values().filter(|p| p.output == output) {
-                spa_sys::spa_latency_info_combine(&mut info, &port.reported);
-            }
-            spa_sys::spa_latency_info_combine_finish(&mut info);
-        }
-        info
+    /// The ports the signal flows between `key` and (see [`PortLatency::linked`]).
+    fn linked_with(&self, key: usize) -> BTreeSet<usize> {
+        let Some(port) = self.ports.get(&key) else {
+            return BTreeSet::new();
+        };
+        self.ports
+            .iter()
+            .filter(|(_, other)| port.linked(other))
+            .map(|(&other, _)| other)
+            .collect()
     }
 
-    /// The combined latency of the `output` side, for every port of the other side.
-    fn passed_on(&self, output: bool) -> Update {
-        Update {
-            info: self.combined(output),
-            ports: self
-                .ports
-                .iter()
-                .filter(|(_, p)| p.output != output)
-                .map(|(&key, _)| key)
-                .collect(),
+    /// What each of `targets` should report (the combined latency of the ports it is linked
+    /// with), for those whose figure changed since overdub last told them.
+    fn refresh(&mut self, targets: BTreeSet<usize>) -> Update {
+        let mut update = Update::default();
+        for key in targets {
+            let Some(port) = self.ports.get(&key) else {
+                continue;
+            };
+            let direction = heard_by(!port.output);
+            let mut info = zero(direction);
+            // SAFETY: plain functions over the structs passed.
+            unsafe {
+                spa_sys::spa_latency_info_combine_start(&mut info, direction);
+                for other in self.ports.values().filter(|other| port.linked(other)) {
+                    spa_sys::spa_latency_info_combine(&mut info, &other.reported);
+                }
+                spa_sys::spa_latency_info_combine_finish(&mut info);
+            }
+            if port.told.is_some_and(|told| same(&told, &info)) {
+                continue;
+            }
+            if let Some(port) = self.ports.get_mut(&key) {
+                port.told = Some(info);
+            }
+            update.ports.push((key, info));
         }
+        update
     }
 }
 
 impl Update {
-    /// Sets the latency parameter on the ports of `filter` it names.
+    /// Sets the latency parameters on the ports of `filter` it names.
     ///
     /// # Safety
     /// `filter` is the live filter whose ports the [`Latencies`] that made this update tracks,
     /// and the caller holds its thread loop (the loop's own thread, or its lock), so none of
     /// those ports is removed meanwhile.
     pub(super) unsafe fn apply(&self, filter: *mut pw_sys::pw_filter) {
-        if self.ports.is_empty() {
-            return;
-        }
-        let mut buffer = [0u8; 256];
-        let size = buffer.len() as u32;
-        // SAFETY: a zeroed builder is what `spa_pod_builder_init` initialises.
-        let mut builder: spa_sys::spa_pod_builder = unsafe { std::mem::zeroed() };
-        // SAFETY: the builder writes into `buffer` only, which outlives every use of the pod;
-        // a latency object takes well under its 256 bytes, and a build that does not fit
-        // returns null, which is checked.
-        let param = unsafe {
-            spa_sys::spa_pod_builder_init(&mut builder, buffer.as_mut_ptr().cast(), size);
-            spa_sys::spa_latency_build(&mut builder, spa_sys::SPA_PARAM_Latency, &self.info)
-        };
-        if param.is_null() {
-            return;
-        }
-        let mut params = [param.cast_const()];
-        for &port in &self.ports {
+        for &(port, info) in &self.ports {
+            let mut buffer = [0u8; 256];
+            let size = buffer.len() as u32;
+            // SAFETY: a zeroed builder is what `spa_pod_builder_init` initialises.
+            let mut builder: spa_sys::spa_pod_builder = unsafe { std::mem::zeroed() };
+            // SAFETY: the builder writes into `buffer` only, which outlives every use of the
+            // pod; a latency object takes well under its 256 bytes, and a build that does not
+            // fit returns null, which is checked.
+            let param = unsafe {
+                spa_sys::spa_pod_builder_init(&mut builder, buffer.as_mut_ptr().cast(), size);
+                spa_sys::spa_latency_build(&mut builder, spa_sys::SPA_PARAM_Latency, &info)
+            };
+            if param.is_null() {
+                continue;
+            }
+            let mut params = [param.cast_const()];
             // SAFETY: a port of the live filter (the caller's promise), its thread loop held;
             // PipeWire copies the parameter.
             unsafe {
@@ -235,8 +280,34 @@ mod tests {
         }
     }
 
+    fn playback(rate: u32) -> LatencyInfo {
+        LatencyInfo {
+            min_rate: rate,
+            max_rate: rate,
+            ..zero(spa_sys::SPA_DIRECTION_INPUT)
+        }
+    }
+
     fn port(n: usize) -> NonNull<c_void> {
         NonNull::new((n * 64) as *mut c_void).unwrap()
+    }
+
+    fn place(node: &str, track: Option<&str>) -> Place {
+        Place {
+            node: node.into(),
+            track: track.map(Into::into),
+        }
+    }
+
+    /// The ports an update sets, sorted, with the maximum frames (at quantum 256) of each.
+    fn told(update: &Update) -> Vec<(usize, u32)> {
+        let mut ports: Vec<(usize, u32)> = update
+            .ports
+            .iter()
+            .map(|(key, info)| (key / 64, max_frames(info, 256, 48_000)))
+            .collect();
+        ports.sort_unstable();
+        ports
     }
 
     #[test]
@@ -247,67 +318,90 @@ mod tests {
         assert_eq!(max_frames(&capture(1.5, 10, 0), 1024, 48_000), 1546);
     }
 
-    #[test]
-    fn the_outputs_carry_the_longest_capture_latency_of_the_inputs() {
+    /// Session `a`: tracks `one` (input 1, direct outputs 3 and 4) and `two` (input 2, no direct
+    /// outputs), master outputs 5 and 6. Session `b`: track `one` (input 7), master output 8.
+    fn two_sessions() -> Latencies {
         let mut latencies = Latencies::default();
-        let _ = latencies.add(port(1), false);
-        let _ = latencies.add(port(2), false);
-        let first = latencies.add(port(3), true);
-        assert_eq!(first.ports, vec![port(3).as_ptr() as usize]);
-        assert_eq!(first.info.max_rate, 0);
+        for (n, output, node, track) in [
+            (1, false, "a", Some("one")),
+            (2, false, "a", Some("two")),
+            (3, true, "a", Some("one")),
+            (4, true, "a", Some("one")),
+            (5, true, "a", None),
+            (6, true, "a", None),
+            (7, false, "b", Some("one")),
+            (8, true, "b", None),
+        ] {
+            let _ = latencies.add(port(n), output, place(node, track));
+        }
+        latencies
+    }
 
+    #[test]
+    fn capture_latency_flows_to_the_outputs_the_input_feeds_in_its_session() {
+        let mut latencies = two_sessions();
         let update = latencies
-            .reported(port(1), capture(2.0, 188, 0))
+            .reported(port(2), capture(2.0, 188, 0))
             .expect("an input's capture latency is passed on");
-        assert_eq!(update.ports, vec![port(3).as_ptr() as usize]);
-        assert_eq!(update.info.direction, spa_sys::SPA_DIRECTION_OUTPUT);
-        assert_eq!((update.info.max_quantum, update.info.max_rate), (2.0, 188));
-        // The unlinked input reports nothing, so the shortest is none.
-        assert_eq!((update.info.min_quantum, update.info.min_rate), (0.0, 0));
-        assert_eq!(latencies.frames(256, 48_000), (700, 0));
+        // Track two feeds its session's master only.
+        assert_eq!(told(&update), [(5, 700), (6, 700)]);
+        let info = update.ports[0].1;
+        assert_eq!(info.direction, spa_sys::SPA_DIRECTION_OUTPUT);
+        // Track one reports none, so the shortest is none.
+        assert_eq!((info.min_quantum, info.min_rate), (0.0, 0));
+        assert_eq!(latencies.frames("a", 256, 48_000), (700, 0));
+        assert_eq!(latencies.frames("b", 256, 48_000), (0, 0));
 
-        // A new output starts with what the others report.
-        let joined = latencies.add(port(4), true);
-        assert_eq!(joined.info.max_rate, 188);
+        // Track one's input feeds its direct outputs and the master; the master's longest
+        // stays track two's, so only the direct outputs are told.
+        let update = latencies.reported(port(1), capture(0.0, 100, 0)).unwrap();
+        assert_eq!(told(&update), [(3, 100), (4, 100)]);
+        // The same report again tells nobody anything.
+        let update = latencies.reported(port(1), capture(0.0, 100, 0)).unwrap();
+        assert!(told(&update).is_empty());
 
         // Its own direction's report on an input (what the input tells its peers) is not news.
         let own = LatencyInfo {
             direction: spa_sys::SPA_DIRECTION_INPUT,
             ..capture(9.0, 0, 0)
         };
-        assert!(latencies.reported(port(1), own).is_none());
+        assert!(latencies.reported(port(2), own).is_none());
         assert!(latencies.reported(port(9), capture(9.0, 0, 0)).is_none());
 
-        // The linked input goes: the outputs carry no capture latency any more.
-        let updates = latencies.remove([port(1), port(7)]);
-        assert_eq!(updates.len(), 1, "only inputs went");
-        let update = &updates[0];
-        let mut ports = update.ports.clone();
-        ports.sort_unstable();
-        assert_eq!(
-            ports,
-            vec![port(3).as_ptr() as usize, port(4).as_ptr() as usize]
-        );
-        assert_eq!(update.info.max_rate, 0);
-        assert_eq!(latencies.frames(256, 48_000), (0, 0));
+        // Track two goes: the master carries track one's latency.
+        let update = latencies.remove([port(2)]);
+        assert_eq!(told(&update), [(5, 100), (6, 100)]);
+        assert_eq!(latencies.frames("a", 256, 48_000), (100, 0));
     }
 
     #[test]
-    fn the_inputs_carry_the_longest_playback_latency_of_the_outputs() {
-        let mut latencies = Latencies::default();
-        let _ = latencies.add(port(1), false);
-        let _ = latencies.add(port(2), true);
-        let _ = latencies.add(port(3), true);
-        let playback = |max_rate| LatencyInfo {
-            max_rate,
-            min_rate: max_rate,
-            ..zero(spa_sys::SPA_DIRECTION_INPUT)
-        };
-        let _ = latencies.reported(port(2), playback(300));
-        let update = latencies.reported(port(3), playback(100)).unwrap();
-        assert_eq!(update.ports, vec![port(1).as_ptr() as usize]);
-        assert_eq!(update.info.direction, spa_sys::SPA_DIRECTION_INPUT);
-        assert_eq!((update.info.min_rate, update.info.max_rate), (100, 300));
-        assert_eq!(latencies.frames(256, 48_000), (0, 300));
+    fn playback_latency_flows_to_the_inputs_that_feed_the_output() {
+        let mut latencies = two_sessions();
+        let update = latencies.reported(port(5), playback(300)).unwrap();
+        // Both of session a's tracks feed the master.
+        assert_eq!(told(&update), [(1, 300), (2, 300)]);
+        assert_eq!(update.ports[0].1.direction, spa_sys::SPA_DIRECTION_INPUT);
+        // The shortest: the master's right side and the direct outputs report none.
+        assert_eq!(update.ports[0].1.min_rate, 0);
+        let update = latencies.reported(port(4), playback(500)).unwrap();
+        assert_eq!(told(&update), [(1, 500)]);
+        assert_eq!(latencies.frames("a", 256, 48_000), (0, 500));
+
+        // A new track's input starts with what the master's sinks report.
+        let update = latencies.add(port(9), false, place("a", Some("three")));
+        assert_eq!(told(&update), [(9, 300)]);
+        // A new output is told the capture latency of what feeds it, and its zero report
+        // lowers the shortest playback latency of the inputs feeding it.
+        let _ = latencies.reported(port(7), capture(0.0, 64, 0));
+        let _ = latencies.reported(port(8), playback(200));
+        let added = latencies.add(port(10), true, place("b", None));
+        assert_eq!(told(&added), [(7, 200), (10, 64)]);
+        let input = added
+            .ports
+            .iter()
+            .find(|(key, _)| *key == 7 * 64)
+            .unwrap()
+            .1;
+        assert_eq!((input.min_rate, input.max_rate), (0, 200));
     }
 }
