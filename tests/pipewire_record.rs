@@ -2,11 +2,13 @@
 //! the node shows in `pw-cli ls Node` and its ports in `pw-jack jack_lsp`; a JACK client under
 //! `pw-jack` feeds a distinct tone into each of three tracks, linked with `pw-link` (links made
 //! by another program are stored as the track's input) and with the CLI; every take holds its
-//! tone sample for sample and an impulse lands at the same index in two takes.
+//! tone sample for sample and an impulse lands at the same index in two takes. The feeder's
+//! capture latency reaches the master outputs and the metrics' `averageLatency`.
 //!
 //! The master outputs, read by probes under `pw-jack`, carry the monitor mix for several level,
 //! pan, mute and solo settings, and so do a track's direct outputs (`jack.direct_outs`); their
-//! links are stored, follow a rename and are made again after a daemon restart.
+//! links are stored, follow a rename and are made again after a daemon restart; the probes'
+//! playback latency reaches the tracks' inputs, a new track's too.
 //!
 //! The other tests: the quantum forced from 256 to 4096 frames mid-take grows the node's
 //! buffers and the takes stay whole and aligned; WirePlumber beside the server, linking a
@@ -29,7 +31,8 @@ use common::*;
 
 /// Tone channels (frequencies 200 + 20 × channel Hz) of the feeder's three outputs.
 const CHANNELS: [usize; 3] = [3, 7, 11];
-/// Frames of capture latency the feeder's outputs report in the first test.
+/// Frames of capture latency the feeder's outputs report in the first test and after a server
+/// restart.
 const CAPTURE_LATENCY: u32 = 700;
 /// Frames of playback latency the probes' inputs report in the mix test.
 const PLAYBACK_LATENCY: u32 = 300;
@@ -466,11 +469,21 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
         "ports back within 5 s:\n{}",
         daemon.log()
     );
-    let feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS[..1]);
+    let mut feeder = PwFeeder::start(&server, "feeder_process", &CHANNELS[..1]);
     let sink = server.sink();
     wait_for(
         || server.links_into(TRACK_1) == ["feeder:out_1"],
         "the link is restored when the feeder returns",
+    );
+    // Latencies pass through the node on the new connection too.
+    feeder.set_capture_latency(CAPTURE_LATENCY);
+    wait_for(
+        || {
+            feeder
+                .latency(MASTER_L)
+                .is_some_and(|[capture, _]| capture == (CAPTURE_LATENCY, CAPTURE_LATENCY))
+        },
+        "the master reports the restored source's capture latency",
     );
     wait_for(
         || server.links_into(SINK_PORT) == [MASTER_L],
