@@ -82,8 +82,9 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
     sleep(1.0);
     let metrics = daemon.cli(&["stop", "--json"]);
 
-    // The input latency is ALSA's capture delay as the run started: at least the period the
-    // callback was woken for, at most what the device's buffer holds; the period the processor
+    // The input latency is ALSA's capture delay as the run started: about the period the
+    // callback was woken for (cpal's capture timestamps only go forward, which can make it
+    // read a little less), at most what the device's buffer holds; the period the processor
     // works in comes on top.
     let latency: f64 = serde_json::from_str::<serde_json::Value>(&metrics).unwrap()
         ["averageLatency"]
@@ -91,7 +92,7 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
         .unwrap();
     let periods = latency * f64::from(RATE) / 1000.0 / f64::from(PERIOD);
     assert!(
-        (2.0..=9.0).contains(&periods),
+        (1.5..=9.0).contains(&periods),
         "averageLatency {latency} ms is {periods} periods"
     );
 

@@ -361,6 +361,17 @@ struct StreamSignals {
     realtime_refused: std::sync::atomic::AtomicI32,
 }
 
+impl StreamSignals {
+    /// The capture delay the stream's last callback measured, or `period` before its first.
+    fn input_latency(&self, period: u32) -> u32 {
+        if self.capture_measured.load(Ordering::Acquire) {
+            self.capture_delay.load(Ordering::Relaxed)
+        } else {
+            period
+        }
+    }
+}
+
 /// The error callback of both streams: counts, never blocks. **Real-time safe** (it only drops
 /// the error cpal made).
 fn on_stream_error(signals: &StreamSignals, error: cpal::Error) {
@@ -640,6 +651,10 @@ struct AlsaSession {
 impl AlsaSession {
     /// Opens and starts the streams around `processor`. On failure the processor is parked.
     fn open(&mut self, processor: Processor) -> Result<(), BackendError> {
+        // A new stream's delay is its own: until its first callback, one period is assumed.
+        self.signals
+            .capture_measured
+            .store(false, Ordering::Release);
         match self.try_open(processor) {
             Ok(streams) => {
                 self.signals.lost.store(false, Ordering::Release);
@@ -739,16 +754,11 @@ impl RunningBackend for AlsaSession {
     /// and the device's period).
     fn info(&self) -> BackendInfo {
         let out_period = self.plan.playback.as_ref().map_or(0, |_| 2 * self.period);
-        let input = if self.signals.capture_measured.load(Ordering::Acquire) {
-            self.signals.capture_delay.load(Ordering::Relaxed)
-        } else {
-            self.period
-        };
         BackendInfo {
             name: "alsa",
             sample_rate: self.plan.capture.config.sample_rate,
             period: self.period,
-            input_latency_frames: input,
+            input_latency_frames: self.signals.input_latency(self.period),
             output_latency_frames: out_period,
         }
     }
@@ -1022,6 +1032,7 @@ mod tests {
         let (rescue_tx, rescue_rx) = mpsc::channel();
         let (master_tx, mut master_rx) = rtrb::RingBuffer::new(MASTER_RING_FRAMES);
         let signals = Arc::new(StreamSignals::default());
+        assert_eq!(signals.input_latency(256), 256, "one period until measured");
         let mut callback = CaptureCallback::new(
             processor,
             2,
@@ -1039,8 +1050,7 @@ mod tests {
         });
         callback.run(&vec![0.0f32; 2 * frames], &info);
         assert_eq!(signals.callbacks.load(Ordering::Relaxed), 1);
-        assert_eq!(signals.capture_delay.load(Ordering::Relaxed), 480);
-        assert!(signals.capture_measured.load(Ordering::Relaxed));
+        assert_eq!(signals.input_latency(256), 480);
         assert_eq!(master_rx.slots(), frames);
         assert_eq!(signals.xruns.load(Ordering::Relaxed), 0);
         assert!(rescue_rx.try_recv().is_err());

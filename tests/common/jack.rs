@@ -289,6 +289,16 @@ impl Feeder {
         set_own_latency(self.client.as_client(), LatencyType::Capture, frames);
     }
 
+    /// Gives output `out_N` alone a capture latency of `frames` (see
+    /// [`Feeder::set_capture_latency`]).
+    pub fn set_output_capture_latency(&self, output: usize, frames: u32) {
+        let client = self.client.as_client();
+        let name = format!("{}:out_{output}", client.name());
+        if let Some(port) = client.port_by_name(&name) {
+            port.set_latency_range(LatencyType::Capture, (frames, frames));
+        }
+    }
+
     /// The (capture, playback) latency ranges of any port in the graph, as this client's
     /// library reports them.
     pub fn latency_of(&self, port: &str) -> Option<[(u32, u32); 2]> {

@@ -469,6 +469,12 @@ impl PwFeeder {
         assert_eq!(self.answer(&format!("capture-latency {frames}")), "ok");
     }
 
+    /// Gives the feeder's output `out_N` alone a capture latency of `frames`.
+    pub fn set_output_capture_latency(&mut self, output: usize, frames: u32) {
+        let command = format!("capture-latency {frames} out_{output}");
+        assert_eq!(self.answer(&command), "ok");
+    }
+
     /// Gives the inputs of every probe a playback latency of `frames` (see
     /// [`Probe::set_playback_latency`]).
     pub fn set_playback_latency(&mut self, frames: u32) {
@@ -506,8 +512,9 @@ impl Drop for PwFeeder {
 /// on outputs 1 and 2 a quarter second ahead and prints `impulse FRAME`; `missed`, `cycles`
 /// and `frame` print `missed N` (its missed cycles), `cycles N` (cycles run) and `frame N`;
 /// `stall MICROSECONDS` stalls its next cycle; `last PROBE` prints `last PROBE LEFT RIGHT`,
-/// the last samples that probe saw; `capture-latency FRAMES` and `playback-latency FRAMES` set
-/// the latency of the outputs and of every probe's inputs (and echo the command);
+/// the last samples that probe saw; `capture-latency FRAMES [out_N]` and `playback-latency
+/// FRAMES` set the latency of the outputs (or of one) and of every probe's inputs (and echo
+/// the command);
 /// `latency PORT` prints `latency PORT` and the port's capture and playback ranges (four
 /// numbers, or `none`). Returns at once when [`FEEDER_ENV`] is not set.
 pub fn run_feeder_process() {
@@ -536,8 +543,14 @@ pub fn run_feeder_process() {
             "cycles" => println!("cycles {}", feeder.cycles()),
             "frame" => println!("frame {}", feeder.frame()),
             command => {
-                if let Some(frames) = command.strip_prefix("capture-latency ") {
-                    feeder.set_capture_latency(frames.parse().unwrap());
+                if let Some(rest) = command.strip_prefix("capture-latency ") {
+                    match rest.split_once(" out_") {
+                        Some((frames, output)) => feeder.set_output_capture_latency(
+                            output.parse().unwrap(),
+                            frames.parse().unwrap(),
+                        ),
+                        None => feeder.set_capture_latency(rest.parse().unwrap()),
+                    }
                     println!("{command} ok");
                 } else if let Some(frames) = command.strip_prefix("playback-latency ") {
                     for (_, probe) in &probes {

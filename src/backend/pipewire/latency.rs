@@ -386,6 +386,10 @@ mod tests {
         let update = latencies.reported(port(4), playback(500)).unwrap();
         assert_eq!(told(&update), [(1, 500)]);
         assert_eq!(latencies.frames("a", 256, 48_000), (0, 500));
+        // That direct output goes: track one's input is back to the master's sinks' latency.
+        let update = latencies.remove([port(4)]);
+        assert_eq!(told(&update), [(1, 300)]);
+        let _ = latencies.add(port(4), true, place("a", Some("one")));
 
         // A new track's input starts with what the master's sinks report.
         let update = latencies.add(port(9), false, place("a", Some("three")));
