@@ -2,7 +2,8 @@
 //! of three tracks, a probe client reads `master_out_L/R`, and for several level, pan, mute and
 //! solo settings both sides equal Σ level × pan gain × input over the audible tracks, within
 //! 0.1 dB. Track 3's direct outputs (`jack.direct_outs`) carry its own share of that mix, and
-//! every port follows a rename. Where the direct outputs go stays stored while they are turned
+//! every port follows a rename; a direct output patched into another track carries its track
+//! there (a bounce), not silence. Where the direct outputs go stays stored while they are turned
 //! off, and is forgotten when the track is removed.
 #![cfg(feature = "jack")]
 
@@ -55,6 +56,25 @@ fn master_outputs_carry_the_mix_within_a_tenth_of_a_db() {
         server.connections("overdub:mix.keys.out_L"),
         vec!["direct:in_L"]
     );
+    // A track's direct output patched into another track's input (a bounce) carries the
+    // track into it, a period late, not silence: with both hard left at full level, track 1's
+    // direct output carries track 3's input.
+    for track in ["3", "1"] {
+        daemon.cli(&[
+            "track", "set", track, "--level", "1", "--pan", "-1", "--unmute", "--unsolo",
+        ]);
+    }
+    daemon.cli(&["track", "set", "2", "--unsolo"]);
+    daemon.cli(&["track", "set", "1", "--input", "overdub:mix.keys.out_L"]);
+    let bounce = Probe::named("bounce");
+    connect("overdub:mix.track-1.out_L", "bounce:in_L");
+    wait_for(
+        || (f64::from(bounce.last().0) - INPUTS[2]).abs() < 1e-4,
+        "a direct output patched into a track carries its track",
+    );
+    daemon.cli(&["track", "set", "1", "--input", "feeder:out_1"]);
+    drop(bounce);
+
     let direct_stored = |daemon: &Daemon| {
         let saved = daemon.saved_outputs();
         ["L", "R"].iter().all(|side| {

@@ -108,6 +108,8 @@ impl TrackOutputs for DirectOuts<'_> {
 impl ChunkOutputs for DirectOuts<'_> {
     fn set_chunk(&mut self, range: Range<usize>) {
         self.range = range;
+        let slots = self.tracks.len();
+        ports::silence_chunk(self, slots);
     }
 
     fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs {
@@ -142,13 +144,6 @@ impl Node {
         let Some([left, right]) = master else {
             return;
         };
-        // Direct outputs start silent: a track installed in the processor after its ports
-        // arrived writes into them from then on.
-        for outs in tracks.iter_mut().flatten().filter_map(|t| t.outs.as_mut()) {
-            for port in outs {
-                port.as_mut_slice(scope).fill(0.0);
-            }
-        }
         let frames = scope.n_frames();
         // SAFETY (the three `Port::buffer` calls below): these are this client's registered
         // ports and this is its process callback, where `jack_port_get_buffer` answers the

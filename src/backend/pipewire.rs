@@ -194,6 +194,8 @@ impl TrackOutputs for DirectOuts<'_> {
 impl ChunkOutputs for DirectOuts<'_> {
     fn set_chunk(&mut self, range: Range<usize>) {
         self.range = range;
+        let slots = self.tracks.len();
+        ports::silence_chunk(self, slots);
     }
 
     fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs {
@@ -247,13 +249,6 @@ impl Node {
             *out_buffers = OutBuffers(outs.map_or([ptr::null_mut(); 2], |outs| {
                 outs.map(|port| port.buffer(frames))
             }));
-            // Direct outputs start silent: a track installed in the processor after its ports
-            // arrived writes into them from then on.
-            for out in out_buffers.0.into_iter().filter(|b| !b.is_null()) {
-                // SAFETY: a DSP buffer of one of the filter's output ports for this cycle,
-                // `frames` samples at least; no other reference to it exists yet.
-                unsafe { std::slice::from_raw_parts_mut(out, frames) }.fill(0.0);
-            }
         }
         let master = [master[0].buffer(frames), master[1].buffer(frames)];
         let mut direct = DirectOuts {
