@@ -194,8 +194,6 @@ impl TrackOutputs for DirectOuts<'_> {
 impl ChunkOutputs for DirectOuts<'_> {
     fn set_chunk(&mut self, range: Range<usize>) {
         self.range = range;
-        let slots = self.tracks.len();
-        ports::silence_chunk(self, slots);
     }
 
     fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs {

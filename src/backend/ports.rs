@@ -275,26 +275,10 @@ pub(super) trait TrackBuffers {
 
 /// A backend's per-track outputs (JACK's direct outputs) for one chunk of a cycle at a time.
 pub(super) trait ChunkOutputs: TrackOutputs {
-    /// Makes [`TrackOutputs::track_output`] answer frames `range` of the cycle's buffers, and
-    /// silences that range of every track's outputs ([`silence_chunk`]). [`run_cycle`] calls it
-    /// once the chunk's inputs are copied: an input patched from one of the node's own direct
-    /// outputs shares its buffer on JACK, and so reads the previous cycle's samples (a bounce a
-    /// period late), not this cycle's silence.
+    /// Makes [`TrackOutputs::track_output`] answer frames `range` of the cycle's buffers.
     fn set_chunk(&mut self, range: Range<usize>);
     /// These outputs as the processor takes them.
     fn as_track_outputs(&mut self) -> &mut dyn TrackOutputs;
-}
-
-/// Silences the current chunk of the outputs of tracks `0..slots`: a track whose ports arrived
-/// before the processor installed it, or that the processor leaves out, sends silence.
-/// **Real-time safe**.
-pub(super) fn silence_chunk(outputs: &mut dyn TrackOutputs, slots: usize) {
-    for slot in 0..slots {
-        if let Some((left, right)) = outputs.track_output(slot) {
-            left.fill(0.0);
-            right.fill(0.0);
-        }
-    }
 }
 
 /// The shortest and longest chunk a node's buffers take ([`NodeBuffers::new`]).
@@ -409,7 +393,17 @@ pub(super) unsafe fn run_cycle<P: TrackBuffers>(
         }
         let (left, right) = (&mut left[..len], &mut right[..len]);
         if let Some(outputs) = outputs.as_deref_mut() {
+            // Every track's outputs start the chunk silent (a track whose ports arrived before
+            // the processor installed it sends silence), once the chunk's inputs are copied: an
+            // input patched from one of the node's own direct outputs shares its buffer on
+            // JACK, and so reads the previous cycle's samples (a bounce a period late).
             outputs.set_chunk(done..done + len);
+            for slot in 0..tracks.len() {
+                if let Some((left, right)) = outputs.track_output(slot) {
+                    left.fill(0.0);
+                    right.fill(0.0);
+                }
+            }
         }
         processor.process(&mut ProcessContext {
             frames: len,
