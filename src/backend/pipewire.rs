@@ -682,7 +682,9 @@ type JobCell = (Mutex<Job>, std::sync::Condvar);
 /// with the thread loop locked. The job is queued without PipeWire's blocking wait (which was
 /// seen to return before the job ran) and shared, so a job that has not started when the wait
 /// gives up is cancelled, and one that runs late finds its cell alive. `None` if it did not
-/// run. The job may allocate: it runs between cycles, once per port added or removed.
+/// run. A job that has started is always waited for, however long it takes: it is inside
+/// libpipewire, and letting the caller go on (and unlock the thread loop) would race it. The job
+/// may allocate: it runs between cycles, once per port added or removed.
 fn between_cycles(
     data_loop: *mut pw_sys::pw_data_loop,
     work: impl FnOnce() -> *mut c_void + 'static,
@@ -738,12 +740,14 @@ fn between_cycles(
             if job.work.take().is_some() {
                 return None;
             }
-            // Running now: it ends soon.
-            job = cell
-                .1
-                .wait_timeout(job, SERVER_TIMEOUT)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            // Running now: wait for it to end, saying why the caller is held up.
+            tracing::warn!(
+                "a change to the PipeWire node's ports has run for over {} s; waiting for it",
+                SERVER_TIMEOUT.as_secs()
+            );
+            while job.result.is_none() {
+                job = cell.1.wait(job).unwrap_or_else(|p| p.into_inner());
+            }
             return job.result;
         }
         job = cell
