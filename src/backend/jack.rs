@@ -38,6 +38,7 @@ use super::{
     TransportMode, TransportRequest,
 };
 use crate::engine::{Processor, TrackOutputs};
+use crate::store::MASTER_OUTPUT_ROLES;
 
 /// Sessions one client can host (nodes are slots in a fixed array on the real-time thread).
 pub const MAX_NODES: usize = 16;
@@ -371,11 +372,12 @@ impl NodeMeta {
     /// The node's outputs: (role, full port name) for the master and, with direct outs, for
     /// every track.
     fn output_ports(&self, client_name: &str, direct_outs: bool) -> Vec<(String, String)> {
-        let mut ports: Vec<(String, String)> = ["L", "R"]
+        let mut ports: Vec<(String, String)> = MASTER_OUTPUT_ROLES
             .iter()
-            .map(|side| {
+            .zip(["L", "R"])
+            .map(|(role, side)| {
                 (
-                    format!("master_out_{side}"),
+                    role.to_string(),
                     format!("{client_name}:{}.master_out_{side}", self.prefix),
                 )
             })

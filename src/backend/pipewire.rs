@@ -61,6 +61,7 @@ use super::{
     TransportRequest,
 };
 use crate::engine::{touched_zeros, Processor, TrackOutputs};
+use crate::store::MASTER_OUTPUT_ROLES;
 
 mod latency;
 
@@ -1345,14 +1346,11 @@ struct NodeMeta {
     last_read: Instant,
 }
 
-/// The roles of the master outputs (their stored names, and their port names' last part).
-const MASTER_ROLES: [&str; 2] = ["master_out_L", "master_out_R"];
-
 impl NodeMeta {
     /// The node's outputs as they are now: (role, registry id) for the master and every
     /// track's direct outputs.
     fn output_ports(&self) -> Vec<(String, u32)> {
-        let master = MASTER_ROLES
+        let master = MASTER_OUTPUT_ROLES
             .iter()
             .zip(&self.master_ids)
             .map(|(role, &id)| (role.to_string(), id));
@@ -1796,7 +1794,7 @@ fn add_master(
     connection: &mut Connection,
     prefix: &str,
 ) -> Result<([PortHandle; 2], Vec<u32>), BackendError> {
-    let names = MASTER_ROLES.map(|role| format!("{prefix}.{role}"));
+    let names = ["L", "R"].map(|side| format!("{prefix}.master_out_{side}"));
     let place = latency::Place {
         node: prefix.to_string(),
         track: None,

@@ -73,10 +73,9 @@ pub(super) fn track_out_names(prefix: &str, base: &str) -> [String; 2] {
     ]
 }
 
-/// The role under which a track's direct output is stored with the session (by track number,
-/// so it survives renames): `track2.out_L`.
+/// The role under which the direct output of the track in `slot` is stored with the session.
 pub(super) fn track_out_role(slot: usize, side: &str) -> String {
-    format!("track{}.out_{side}", slot + 1)
+    crate::store::track_output_role(u32::try_from(slot + 1).unwrap_or(u32::MAX), side)
 }
 
 /// Forgets where the direct outputs of the track in `slot` went, as the track is removed (and

@@ -20,7 +20,8 @@ mod rows;
 
 pub use error::StoreError;
 pub use rows::{
-    ClipRow, NewTake, SessionRow, TakeEvent, TakeMetrics, TakeRow, TakeStatus, TrackRow,
+    track_output_role, ClipRow, NewTake, SessionRow, TakeEvent, TakeMetrics, TakeRow, TakeStatus,
+    TrackRow, MASTER_OUTPUT_ROLES,
 };
 
 use std::ffi::CString;

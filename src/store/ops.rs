@@ -5,8 +5,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{
     clip_from_row, session_from_row, take_event_from_row, take_from_row, to_sql_u64,
-    track_from_row, ClipRow, NewTake, SessionRow, TakeEvent, TakeMetrics, TakeRow, TakeStatus,
-    TrackRow, CLIP_COLUMNS, SESSION_COLUMNS, TAKE_COLUMNS, TAKE_EVENT_COLUMNS, TRACK_COLUMNS,
+    track_from_row, track_output_role, ClipRow, NewTake, SessionRow, TakeEvent, TakeMetrics,
+    TakeRow, TakeStatus, TrackRow, CLIP_COLUMNS, SESSION_COLUMNS, TAKE_COLUMNS, TAKE_EVENT_COLUMNS,
+    TRACK_COLUMNS,
 };
 use super::{now_ms, Store, StoreError};
 
@@ -211,8 +212,8 @@ impl Store {
                     "DELETE FROM output_connections WHERE session_id = ?1 AND port IN (?2, ?3)",
                     params![
                         key,
-                        format!("track{index}.out_L"),
-                        format!("track{index}.out_R")
+                        track_output_role(index, "L"),
+                        track_output_role(index, "R")
                     ],
                 )?;
                 tx.commit()?;

@@ -5,6 +5,15 @@ use std::fmt;
 
 use rusqlite::Row;
 
+/// The roles under which a session's master outputs' connections are stored.
+pub const MASTER_OUTPUT_ROLES: [&str; 2] = ["master_out_L", "master_out_R"];
+
+/// The role under which the connections of a track's direct output (`side` `L` or `R`) are
+/// stored: `track2.out_L` for track index 2. By index, so it survives renames.
+pub fn track_output_role(index: u32, side: &str) -> String {
+    format!("track{index}.out_{side}")
+}
+
 /// A stored session: the recording project's identity and settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionRow {
