@@ -598,7 +598,11 @@ async fn status(client: &Client, as_json: bool) -> Result<(), CliError> {
     if as_json {
         println!("{status}");
     } else {
-        println!("overdub {version}: {backend} graph, {rate} Hz, {period} frames per period ({environment})");
+        if period == 0 {
+            println!("overdub {version}: {backend} graph, {rate} Hz, the audio server is gone; overdub reconnects when it returns ({environment})");
+        } else {
+            println!("overdub {version}: {backend} graph, {rate} Hz, {period} frames per period ({environment})");
+        }
         if sessions.is_empty() {
             println!("no active session");
         }

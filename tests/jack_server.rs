@@ -161,6 +161,13 @@ fn connections_survive_restarts_and_a_killed_jackd_is_survived() {
         "{}",
         daemon.take_events()
     );
+    // `status` says the server is gone, and the bus reports no period.
+    assert_eq!(daemon.cli_json(&["status", "--json"])["bufferSize"], 0);
+    let status = daemon.cli(&["status"]);
+    assert!(
+        status.contains("the audio server is gone; overdub reconnects when it returns"),
+        "{status}"
+    );
 
     // jackd returns: ports within 5 s, recording resumed into new takes.
     server.restart();

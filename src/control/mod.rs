@@ -169,7 +169,7 @@ pub struct DaemonInfo {
     pub backend: String,
     /// Frames per second.
     pub sample_rate: u32,
-    /// Frames per period.
+    /// Frames per period (0 while the audio server is gone).
     pub buffer_size: u32,
     /// `desktop`, `container` or `ci`.
     pub environment: String,

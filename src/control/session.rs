@@ -1174,7 +1174,6 @@ impl ActiveSession {
         if let Err(e) = stopped {
             message.push_str(&format!(" (closing the takes: {})", e.message));
         }
-        tracing::error!(session = %self.row.id, "{message}");
         self.report(ControlError::backend(message));
     }
 
