@@ -77,6 +77,15 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         nodes.contains("node.name = \"overdub\""),
         "no overdub node:\n{nodes}"
     );
+    assert_scheduling_logged_truly(&daemon);
+    // Where the server's own data thread runs in real time, the same limits give overdub's.
+    if !common::realtime_priorities(server.pid()).is_empty() {
+        assert!(
+            !daemon.realtime_priorities().is_empty(),
+            "the server's data thread is real-time, overdub's is not:\n{}",
+            daemon.log()
+        );
+    }
 
     daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
     let jack_ports = server.output("pw-jack", &["jack_lsp"]);
@@ -561,6 +570,37 @@ const MASTER_L: &str = "overdub:live.master_out_L";
 
 /// Creates session `demo` of three tracks, starts the feeder and links each track to its
 /// output with the CLI, armed.
+/// The daemon logs whether PipeWire's data thread runs in real time, and the log is true of
+/// the daemon's threads (on PipeWire, overdub raises none of its own).
+fn assert_scheduling_logged_truly(daemon: &Daemon) {
+    let log = daemon.log();
+    let realtime = daemon.realtime_priorities();
+    if let Some(line) = log
+        .lines()
+        .find(|l| l.contains("PipeWire runs overdub's audio thread with real-time scheduling"))
+    {
+        let priority: u32 = line
+            .split("priority=")
+            .nth(1)
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no priority in {line:?}"));
+        assert!(
+            realtime.contains(&priority),
+            "{realtime:?} against {line:?}"
+        );
+    } else {
+        assert!(
+            log.contains("PipeWire runs overdub's audio thread WITHOUT real-time scheduling"),
+            "no scheduling line in the log:\n{log}"
+        );
+        assert!(
+            realtime.is_empty(),
+            "real-time threads {realtime:?}:\n{log}"
+        );
+    }
+}
+
 fn three_tracks_fed(server: &PipeWireServer, daemon: &Daemon) -> PwFeeder {
     daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
     let feeder = PwFeeder::start(server, "feeder_process", &CHANNELS);

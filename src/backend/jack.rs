@@ -863,7 +863,12 @@ fn log_scheduling(signals: &GraphSignals) {
                 libc::sched_getparam(tid, &mut param);
                 libc::sched_getscheduler(tid)
             };
-            matches!(policy, libc::SCHED_FIFO | libc::SCHED_RR).then_some(param.sched_priority)
+            // Without the flag a thread may carry (SCHED_RESET_ON_FORK).
+            matches!(
+                policy & !libc::SCHED_RESET_ON_FORK,
+                libc::SCHED_FIFO | libc::SCHED_RR
+            )
+            .then_some(param.sched_priority)
         });
     }
     match realtime {

@@ -678,6 +678,30 @@ unsafe impl Send for Job {}
 
 type JobCell = (Mutex<Job>, std::sync::Condvar);
 
+/// The context's properties: `client-rt.conf` before libpipewire 1.3.81, whose `client.conf`
+/// loads no module to give the data thread real-time priority (later versions give every
+/// client's data thread real-time priority from `client.conf`, and call `client-rt.conf`
+/// deprecated). `$PIPEWIRE_CONFIG_NAME` still wins, as PipeWire reads it first.
+fn realtime_context_properties() -> Option<PropertiesBox> {
+    // SAFETY: a static NUL-terminated string owned by libpipewire.
+    let version = unsafe { std::ffi::CStr::from_ptr(pw_sys::pw_get_library_version()) };
+    let version = parse_version(&version.to_string_lossy());
+    (version < (1, 3, 81)).then(|| {
+        let mut props = PropertiesBox::new();
+        props.insert("config.name", "client-rt.conf");
+        props
+    })
+}
+
+/// `major.minor.micro` as numbers (parts missing or unreadable count as 0).
+fn parse_version(version: &str) -> (u32, u32, u32) {
+    let mut parts = version
+        .split('.')
+        .map(|part| part.trim().parse::<u32>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
 /// Runs `work` on PipeWire's data thread between two cycles and waits for its result, so the
 /// filter's port list (which its own cycle walks) never changes under a running cycle. Called
 /// with the thread loop locked. The job is queued without PipeWire's blocking wait (which was
@@ -801,7 +825,7 @@ impl Connection {
         // SAFETY: creates a thread loop (and initializes PipeWire once); no other requirement.
         let thread_loop = unsafe { ThreadLoopRc::new(Some("overdub-pipewire"), None) }
             .map_err(|e| failed("cannot create the PipeWire thread loop", e))?;
-        let context = ContextRc::new(&thread_loop, None)
+        let context = ContextRc::new(&thread_loop, realtime_context_properties())
             .map_err(|e| failed("cannot create a PipeWire context", e))?;
         let core = context
             .connect_rc(None)
@@ -935,7 +959,10 @@ impl Connection {
             .then_some(id)
         });
         match node_id {
-            Some(id) => connection.node_id = id,
+            Some(id) => {
+                connection.node_id = id;
+                connection.log_scheduling();
+            }
             None if connection.signals.lost.load(Ordering::Acquire) => {
                 return Err(BackendError::failed("the PipeWire server refused the node"))
             }
@@ -946,6 +973,48 @@ impl Connection {
             }
         }
         Ok(connection)
+    }
+
+    /// Logs whether the data thread, where the process callback runs, has real-time scheduling.
+    /// Asked on that thread, between two cycles.
+    fn log_scheduling(&self) {
+        let scheduling = {
+            let _lock = LoopLock::new(&self.thread_loop);
+            between_cycles(self.data_loop, || {
+                let mut param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: both calls read the calling thread's scheduling into `param`, which
+                // outlives them.
+                let policy = unsafe {
+                    libc::sched_getparam(0, &mut param);
+                    libc::sched_getscheduler(0)
+                };
+                // PipeWire's module-rt adds SCHED_RESET_ON_FORK to the policy.
+                let realtime = matches!(
+                    policy & !libc::SCHED_RESET_ON_FORK,
+                    libc::SCHED_FIFO | libc::SCHED_RR
+                );
+                // The answer travels as the job's pointer: the priority plus one, 0 for none.
+                let answer = if realtime {
+                    param.sched_priority + 1
+                } else {
+                    0
+                };
+                usize::try_from(answer).unwrap_or(0) as *mut c_void
+            })
+        };
+        match scheduling.map(|answer| answer as usize) {
+            Some(0) => tracing::warn!(
+                "PipeWire runs overdub's audio thread WITHOUT real-time scheduling (PipeWire's \
+                 module-rt raises it where the rtprio limit, `ulimit -r`, or RTKit allows; \
+                 client-rt.conf loads it before libpipewire 1.3.81, client.conf since); expect \
+                 xruns under load"
+            ),
+            Some(answer) => tracing::info!(
+                priority = answer - 1,
+                "PipeWire runs overdub's audio thread with real-time scheduling"
+            ),
+            None => tracing::warn!("PipeWire's data thread did not answer in time"),
+        }
     }
 
     /// Polls `check` until it answers, the server is lost or [`SERVER_TIMEOUT`] passes. Never
@@ -2382,6 +2451,16 @@ mod tests {
         assert!(at(1768, 7), "one cycle went by without the node");
         assert!(!at(2024, 7));
         assert!(!at(90_000, 8), "another driver's clock starts anywhere");
+    }
+
+    #[test]
+    fn library_versions_parse_as_numbers() {
+        assert_eq!(parse_version("0.3.65"), (0, 3, 65));
+        assert_eq!(parse_version("1.3.81"), (1, 3, 81));
+        assert!(parse_version("1.4.2") >= (1, 3, 81));
+        assert!(parse_version("1.2.7") < (1, 3, 81));
+        assert_eq!(parse_version("1.10"), (1, 10, 0));
+        assert_eq!(parse_version("x"), (0, 0, 0));
     }
 
     #[test]

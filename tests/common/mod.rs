@@ -265,6 +265,11 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// The real-time priorities of the daemon's threads (see [`realtime_priorities`]).
+    pub fn realtime_priorities(&self) -> Vec<u32> {
+        realtime_priorities(self.pid())
+    }
+
     /// Runs the CLI against this daemon.
     pub fn cli_output(&self, args: &[&str]) -> Output {
         let mut command = Command::new(overdub_bin());
@@ -706,4 +711,25 @@ pub fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
         assert!(Instant::now() < deadline, "timed out: {what}");
         sleep(0.02);
     }
+}
+
+/// The real-time priorities of process `pid`'s threads that run `SCHED_FIFO` or `SCHED_RR`, from
+/// `/proc/PID/task/*/stat` (fields 40 and 41, rt_priority and policy).
+pub fn realtime_priorities(pid: i32) -> Vec<u32> {
+    let mut priorities = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended
+        };
+        // Fields after the command name, which is in parentheses: field 3 comes first.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        let priority: u32 = fields[40 - 3].parse().unwrap();
+        let policy: u32 = fields[41 - 3].parse().unwrap();
+        if policy == libc::SCHED_FIFO as u32 || policy == libc::SCHED_RR as u32 {
+            priorities.push(priority);
+        }
+    }
+    priorities
 }

@@ -229,6 +229,11 @@ impl PipeWireServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("the server runs").id() as i32
+    }
+
     /// Kills the server with `signal` and waits for it to exit (SIGKILL after 10 s).
     pub fn kill(&mut self, signal: i32) {
         if let Some(mut child) = self.child.take() {
