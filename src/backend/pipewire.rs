@@ -672,8 +672,8 @@ struct Job {
     result: Option<*mut c_void>,
 }
 
-// SAFETY: a job carries pointers to PipeWire objects of one connection; it runs once, on the
-// data thread, while the thread that queued it holds the thread loop's lock and waits for it.
+// SAFETY: a job runs once, on the data thread, while the thread that queued it holds the thread
+// loop's lock and waits for it; what it returns is a plain value carried as a pointer.
 unsafe impl Send for Job {}
 
 type JobCell = (Mutex<Job>, std::sync::Condvar);
@@ -702,14 +702,13 @@ fn parse_version(version: &str) -> (u32, u32, u32) {
     (next(), next(), next())
 }
 
-/// Runs `work` on PipeWire's data thread between two cycles and waits for its result, so the
-/// filter's port list (which its own cycle walks) never changes under a running cycle. Called
-/// with the thread loop locked. The job is queued without PipeWire's blocking wait (which was
-/// seen to return before the job ran) and shared, so a job that has not started when the wait
-/// gives up is cancelled, and one that runs late finds its cell alive. `None` if it did not
-/// run. A job that has started is always waited for, however long it takes: it is inside
-/// libpipewire, and letting the caller go on (and unlock the thread loop) would race it. The job
-/// may allocate: it runs between cycles, once per port added or removed.
+/// Runs `work` on PipeWire's data thread between two cycles and waits for its result (it reads
+/// that thread's scheduling, see [`Connection::log_scheduling`]). Called with the thread loop
+/// locked. The job is queued without PipeWire's blocking wait (which was seen to return before
+/// the job ran) and shared, so a job that has not started when the wait gives up is cancelled,
+/// and one that runs late finds its cell alive. `None` if it did not run. A job that has started
+/// is waited for to its end. Filter calls are never made here: libpipewire 1.x refuses them off
+/// the thread that holds the thread loop's lock.
 fn between_cycles(
     data_loop: *mut pw_sys::pw_data_loop,
     work: impl FnOnce() -> *mut c_void + 'static,
@@ -767,7 +766,7 @@ fn between_cycles(
             }
             // Running now: wait for it to end, saying why the caller is held up.
             tracing::warn!(
-                "a change to the PipeWire node's ports has run for over {} s; waiting for it",
+                "a job on PipeWire's data thread has run for over {} s; waiting for it",
                 SERVER_TIMEOUT.as_secs()
             );
             while job.result.is_none() {
@@ -1058,22 +1057,21 @@ impl Connection {
         };
         let filter = self.filter;
         let _lock = LoopLock::new(&self.thread_loop);
-        let data = between_cycles(self.data_loop, move || {
-            // SAFETY: the filter lives and its loops are held (thread loop locked, data thread
-            // between cycles); the properties' ownership passes to the port.
-            unsafe {
-                pw_sys::pw_filter_add_port(
-                    filter.as_ptr(),
-                    direction,
-                    pw_sys::pw_filter_port_flags_PW_FILTER_PORT_FLAG_MAP_BUFFERS,
-                    0,
-                    props,
-                    ptr::null_mut(),
-                    0,
-                )
-            }
-        });
-        match data.and_then(NonNull::new) {
+        // SAFETY: the filter lives and its thread loop is locked by this thread, as PipeWire
+        // requires of every filter call but the real-time ones (libpipewire 1.x refuses the
+        // call otherwise); the properties' ownership passes to the port.
+        let data = unsafe {
+            pw_sys::pw_filter_add_port(
+                filter.as_ptr(),
+                direction,
+                pw_sys::pw_filter_port_flags_PW_FILTER_PORT_FLAG_MAP_BUFFERS,
+                0,
+                props,
+                ptr::null_mut(),
+                0,
+            )
+        };
+        match NonNull::new(data) {
             Some(data) => {
                 let update = lock(&self.signals.latencies).add(data, output, place);
                 // SAFETY: the live filter, its thread loop locked.
@@ -1100,14 +1098,11 @@ impl Connection {
         }
         let removed: Vec<NonNull<c_void>> = ports.iter().map(|p| p.data).collect();
         let _lock = LoopLock::new(&self.thread_loop);
-        between_cycles(self.data_loop, move || {
-            for port in &ports {
-                // SAFETY: a port of the live filter that the process callback handed back (or
-                // never had); loops held as in `add_port`.
-                unsafe { pw_sys::pw_filter_remove_port(port.data.as_ptr()) };
-            }
-            ptr::null_mut()
-        });
+        for port in &ports {
+            // SAFETY: a port of the live filter that the process callback handed back (or never
+            // had); the thread loop is locked as in `add_port`.
+            unsafe { pw_sys::pw_filter_remove_port(port.data.as_ptr()) };
+        }
         let update = lock(&self.signals.latencies).remove(removed);
         // SAFETY: the live filter, its thread loop locked; the removed ports are not among
         // those the update names.
