@@ -185,6 +185,7 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         vec!["feeder:out_3"]
     );
     drop(feeder);
+    assert_no_misuse_reported(&daemon);
 }
 
 /// The quantum the graph is forced to mid-take: longer than a node's largest buffers (2048
@@ -436,6 +437,7 @@ fn the_master_and_the_direct_outputs_carry_the_mix_and_keep_their_links_across_a
     drop(feeder);
     let mut daemon = daemon;
     daemon.terminate();
+    assert_no_misuse_reported(&daemon);
 }
 
 #[test]
@@ -562,6 +564,7 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
     drop(feeder);
     drop(sink);
     daemon.terminate();
+    assert_no_misuse_reported(&daemon);
 }
 
 /// The input port of track 1 and the left master output of session `live`.
@@ -570,6 +573,13 @@ const MASTER_L: &str = "overdub:live.master_out_L";
 
 /// Creates session `demo` of three tracks, starts the feeder and links each track to its
 /// output with the CLI, armed.
+/// libpipewire reported no call made from the wrong thread (1.x checks every filter call, prints
+/// `called from wrong context` to the daemon's stderr, and in later versions refuses the call).
+fn assert_no_misuse_reported(daemon: &Daemon) {
+    let log = daemon.log();
+    assert!(!log.contains("called from wrong context"), "{log}");
+}
+
 /// The daemon logs whether PipeWire's data thread runs in real time, and the log is true of
 /// the daemon's threads (on PipeWire, overdub raises none of its own).
 fn assert_scheduling_logged_truly(daemon: &Daemon) {

@@ -140,6 +140,20 @@ pub fn overdub_bin() -> &'static str {
     env!("CARGO_BIN_EXE_overdub")
 }
 
+/// The command that starts the daemon: the binary, or, when `OVERDUB_TEST_DAEMON_LAUNCHER` names
+/// a program, that program with the binary as its first argument (`scripts/test-pipewire-1x`
+/// runs the daemon against another libpipewire that way).
+pub fn daemon_command() -> Command {
+    match std::env::var_os("OVERDUB_TEST_DAEMON_LAUNCHER") {
+        Some(launcher) => {
+            let mut command = Command::new(launcher);
+            command.arg(overdub_bin());
+            command
+        }
+        None => Command::new(overdub_bin()),
+    }
+}
+
 pub fn write_config(dir: &Path, settings: &Settings) -> PathBuf {
     let path = dir.join("overdub.toml");
     std::fs::write(
@@ -183,7 +197,7 @@ impl Daemon {
             .append(true)
             .open(&stderr_log)
             .unwrap();
-        let mut command = Command::new(overdub_bin());
+        let mut command = daemon_command();
         command
             .arg("daemon")
             .arg("--config")
