@@ -78,7 +78,8 @@ fn each_port_is_recorded_sample_aligned_through_pipewire() {
         "no overdub node:\n{nodes}"
     );
     assert_scheduling_logged_truly(&daemon);
-    // Where the server's own data thread runs in real time, the same limits give overdub's.
+    // Where the server's own data thread runs in real time, the same limits give overdub's
+    // (both raised by PipeWire's module-rt).
     if !common::realtime_priorities(server.pid()).is_empty() {
         assert!(
             !daemon.realtime_priorities().is_empty(),

@@ -693,11 +693,13 @@ fn realtime_context_properties() -> Option<PropertiesBox> {
     })
 }
 
-/// `major.minor.micro` as numbers (parts missing or unreadable count as 0).
+/// `major.minor.micro` as numbers, from each part's leading digits (`1.3.81-12-gabc` is
+/// 1.3.81; parts missing or without digits count as 0).
 fn parse_version(version: &str) -> (u32, u32, u32) {
-    let mut parts = version
-        .split('.')
-        .map(|part| part.trim().parse::<u32>().unwrap_or(0));
+    let mut parts = version.split('.').map(|part| {
+        let digits = part.trim().split(|c: char| !c.is_ascii_digit()).next();
+        digits.and_then(|d| d.parse::<u32>().ok()).unwrap_or(0)
+    });
     let mut next = || parts.next().unwrap_or(0);
     (next(), next(), next())
 }
@@ -764,11 +766,14 @@ fn between_cycles(
             if job.work.take().is_some() {
                 return None;
             }
-            // Running now: wait for it to end, saying why the caller is held up.
+            // Running now: wait for it to end, saying why the caller is held up (the job's
+            // mutex released meanwhile, so the job can finish while the log is written).
+            drop(job);
             tracing::warn!(
                 "a job on PipeWire's data thread has run for over {} s; waiting for it",
                 SERVER_TIMEOUT.as_secs()
             );
+            job = lock(&cell.0);
             while job.result.is_none() {
                 job = cell.1.wait(job).unwrap_or_else(|p| p.into_inner());
             }
@@ -824,8 +829,14 @@ impl Connection {
         // SAFETY: creates a thread loop (and initializes PipeWire once); no other requirement.
         let thread_loop = unsafe { ThreadLoopRc::new(Some("overdub-pipewire"), None) }
             .map_err(|e| failed("cannot create the PipeWire thread loop", e))?;
-        let context = ContextRc::new(&thread_loop, realtime_context_properties())
-            .map_err(|e| failed("cannot create a PipeWire context", e))?;
+        let context = match realtime_context_properties() {
+            Some(props) => ContextRc::new(&thread_loop, Some(props)).or_else(|e| {
+                tracing::warn!("PipeWire's client-rt.conf did not load ({e}); using client.conf");
+                ContextRc::new(&thread_loop, None)
+            }),
+            None => ContextRc::new(&thread_loop, None),
+        }
+        .map_err(|e| failed("cannot create a PipeWire context", e))?;
         let core = context
             .connect_rc(None)
             .map_err(|e| failed("no PipeWire server answers", e))?;
@@ -2455,6 +2466,7 @@ mod tests {
         assert!(parse_version("1.4.2") >= (1, 3, 81));
         assert!(parse_version("1.2.7") < (1, 3, 81));
         assert_eq!(parse_version("1.10"), (1, 10, 0));
+        assert_eq!(parse_version("1.3.81-12-gabc"), (1, 3, 81));
         assert_eq!(parse_version("x"), (0, 0, 0));
     }
 
