@@ -215,6 +215,7 @@ fn a_quantum_forced_up_mid_take_grows_the_buffers_and_keeps_the_takes_whole_and_
         "the node's buffers did not grow:\n{log}"
     );
     assert_three_takes_whole_and_aligned(&daemon, cycles, GROWN_QUANTUM);
+    assert_no_misuse_reported(&daemon);
 }
 
 /// WirePlumber, the session manager of PipeWire desktops, runs beside the node with a default
@@ -251,6 +252,7 @@ fn with_a_session_manager_the_node_and_its_links_are_left_alone_and_record_the_s
         "the master outputs were linked by someone:\n{links}"
     );
     assert_three_takes_whole_and_aligned(&daemon, cycles, PERIOD);
+    assert_no_misuse_reported(&daemon);
 }
 
 /// The feeder stalls one cycle for 50 ms mid-take: the cycles PipeWire runs without overdub's
@@ -268,6 +270,7 @@ fn a_stalled_client_is_an_xrun_counted_and_marked_in_the_take() {
     assert_a_stall_is_an_xrun_marked_in_the_take(&daemon, || {
         feeder.stall(Duration::from_millis(50))
     });
+    assert_no_misuse_reported(&daemon);
 }
 
 #[test]
@@ -572,8 +575,6 @@ fn a_killed_pipewire_is_survived_and_recording_resumes_when_it_returns() {
 const TRACK_1: &str = "overdub:live.track-1.in";
 const MASTER_L: &str = "overdub:live.master_out_L";
 
-/// Creates session `demo` of three tracks, starts the feeder and links each track to its
-/// output with the CLI, armed.
 /// libpipewire reported no call made from the wrong thread (1.x checks every filter call, prints
 /// `called from wrong context` to the daemon's stderr, and in later versions refuses the call).
 fn assert_no_misuse_reported(daemon: &Daemon) {
@@ -612,6 +613,8 @@ fn assert_scheduling_logged_truly(daemon: &Daemon) {
     }
 }
 
+/// Creates session `demo` of three tracks, starts the feeder and links each track to its
+/// output with the CLI, armed.
 fn three_tracks_fed(server: &PipeWireServer, daemon: &Daemon) -> PwFeeder {
     daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
     let feeder = PwFeeder::start(server, "feeder_process", &CHANNELS);

@@ -672,8 +672,9 @@ struct Job {
     result: Option<*mut c_void>,
 }
 
-// SAFETY: a job runs once, on the data thread, while the thread that queued it holds the thread
-// loop's lock and waits for it; what it returns is a plain value carried as a pointer.
+// SAFETY: a job runs once, on the data thread (or at once on the queuing thread when that loop
+// is not running), while the thread that queued it holds the thread loop's lock and waits for
+// it; its one user captures nothing and returns a plain value carried as a pointer.
 unsafe impl Send for Job {}
 
 type JobCell = (Mutex<Job>, std::sync::Condvar);
@@ -1070,7 +1071,9 @@ impl Connection {
         let _lock = LoopLock::new(&self.thread_loop);
         // SAFETY: the filter lives and its thread loop is locked by this thread, as PipeWire
         // requires of every filter call but the real-time ones (libpipewire 1.x refuses the
-        // call otherwise); the properties' ownership passes to the port.
+        // call otherwise); the properties' ownership passes to the port. PipeWire's own process
+        // function may be walking the filter's port list meanwhile: that is its design for
+        // every filter user; overdub's callback sees the port only once it is queued to it.
         let data = unsafe {
             pw_sys::pw_filter_add_port(
                 filter.as_ptr(),
@@ -1111,7 +1114,8 @@ impl Connection {
         let _lock = LoopLock::new(&self.thread_loop);
         for port in &ports {
             // SAFETY: a port of the live filter that the process callback handed back (or never
-            // had); the thread loop is locked as in `add_port`.
+            // had), so overdub's callback never touches it again; the thread loop is locked as in
+            // `add_port` (PipeWire unlinks the port from its data loop before freeing it).
             unsafe { pw_sys::pw_filter_remove_port(port.data.as_ptr()) };
         }
         let update = lock(&self.signals.latencies).remove(removed);
