@@ -710,8 +710,8 @@ fn parse_version(version: &str) -> (u32, u32, u32) {
 /// locked. The job is queued without PipeWire's blocking wait (which was seen to return before
 /// the job ran) and shared, so a job that has not started when the wait gives up is cancelled,
 /// and one that runs late finds its cell alive. `None` if it did not run. A job that has started
-/// is waited for to its end. Filter calls are never made here: libpipewire 1.x refuses them off
-/// the thread that holds the thread loop's lock.
+/// is waited for to its end. Filter calls are never made here: libpipewire 1.x objects to them
+/// off the thread that holds the thread loop's lock (1.4 warns; later versions refuse them).
 fn between_cycles(
     data_loop: *mut pw_sys::pw_data_loop,
     work: impl FnOnce() -> *mut c_void + 'static,
@@ -1070,7 +1070,7 @@ impl Connection {
         let filter = self.filter;
         let _lock = LoopLock::new(&self.thread_loop);
         // SAFETY: the filter lives and its thread loop is locked by this thread, as PipeWire
-        // requires of every filter call but the real-time ones (libpipewire 1.x refuses the
+        // requires of every filter call but the real-time ones (libpipewire 1.x objects to the
         // call otherwise); the properties' ownership passes to the port. PipeWire's own process
         // function may be walking the filter's port list meanwhile: that is its design for
         // every filter user; overdub's callback sees the port only once it is queued to it.
