@@ -598,11 +598,11 @@ async fn status(client: &Client, as_json: bool) -> Result<(), CliError> {
     if as_json {
         println!("{status}");
     } else {
-        if period == 0 {
-            println!("overdub {version}: {backend} graph, {rate} Hz, the audio server is gone; overdub reconnects when it returns ({environment})");
-        } else {
-            println!("overdub {version}: {backend} graph, {rate} Hz, {period} frames per period ({environment})");
-        }
+        let period = match period {
+            0 => "the audio server is gone; overdub reconnects when it returns".to_string(),
+            frames => format!("{frames} frames per period"),
+        };
+        println!("overdub {version}: {backend} graph, {rate} Hz, {period} ({environment})");
         if sessions.is_empty() {
             println!("no active session");
         }

@@ -855,21 +855,9 @@ fn log_scheduling(signals: &GraphSignals) {
     let mut realtime = None;
     while realtime.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
-        realtime = lock(&signals.threads).iter().find_map(|&tid| {
-            let mut param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: both calls only read the scheduling of thread `tid`; `param` is valid and
-            // outlives the call. A thread that has gone answers -1.
-            let policy = unsafe {
-                libc::sched_getparam(tid, &mut param);
-                libc::sched_getscheduler(tid)
-            };
-            // Without the flag a thread may carry (SCHED_RESET_ON_FORK).
-            matches!(
-                policy & !libc::SCHED_RESET_ON_FORK,
-                libc::SCHED_FIFO | libc::SCHED_RR
-            )
-            .then_some(param.sched_priority)
-        });
+        realtime = lock(&signals.threads)
+            .iter()
+            .find_map(|&tid| ports::realtime_priority(tid));
     }
     match realtime {
         Some(priority) => tracing::info!(

@@ -992,24 +992,8 @@ impl Connection {
         let scheduling = {
             let _lock = LoopLock::new(&self.thread_loop);
             between_cycles(self.data_loop, || {
-                let mut param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: both calls read the calling thread's scheduling into `param`, which
-                // outlives them.
-                let policy = unsafe {
-                    libc::sched_getparam(0, &mut param);
-                    libc::sched_getscheduler(0)
-                };
-                // PipeWire's module-rt adds SCHED_RESET_ON_FORK to the policy.
-                let realtime = matches!(
-                    policy & !libc::SCHED_RESET_ON_FORK,
-                    libc::SCHED_FIFO | libc::SCHED_RR
-                );
                 // The answer travels as the job's pointer: the priority plus one, 0 for none.
-                let answer = if realtime {
-                    param.sched_priority + 1
-                } else {
-                    0
-                };
+                let answer = ports::realtime_priority(0).map_or(0, |priority| priority + 1);
                 usize::try_from(answer).unwrap_or(0) as *mut c_void
             })
         };

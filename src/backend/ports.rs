@@ -1,7 +1,8 @@
 //! What the graphs with ports per track (JACK, PipeWire) share: the input-word grammar, the
 //! port names, the node table their process callbacks keep (commands in, retired things out),
 //! running a node's processor over a cycle ([`run_cycle`]) and while its server is gone
-//! ([`run_silent`]). [`apply_commands`] and [`run_cycle`] are real-time code.
+//! ([`run_silent`]), and reading whether the server runs a thread in real time
+//! ([`realtime_priority`]). [`apply_commands`] and [`run_cycle`] are real-time code.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -76,6 +77,25 @@ pub(super) fn track_out_names(prefix: &str, base: &str) -> [String; 2] {
 /// The role under which the direct output of the track in `slot` is stored with the session.
 pub(super) fn track_out_role(slot: usize, side: &str) -> String {
     crate::store::track_output_role(u32::try_from(slot + 1).unwrap_or(u32::MAX), side)
+}
+
+/// The real-time priority of thread `tid` (0: the calling thread) when it runs `SCHED_FIFO` or
+/// `SCHED_RR`, whether or not it also carries `SCHED_RESET_ON_FORK` (PipeWire's module-rt sets
+/// it). `None` for any other policy, or a thread that has gone. Makes syscalls: not real-time
+/// code.
+pub(super) fn realtime_priority(tid: libc::pid_t) -> Option<i32> {
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: both calls only read the scheduling of thread `tid`; `param` is valid and outlives
+    // the call. A thread that has gone answers -1.
+    let policy = unsafe {
+        libc::sched_getparam(tid, &mut param);
+        libc::sched_getscheduler(tid)
+    };
+    matches!(
+        policy & !libc::SCHED_RESET_ON_FORK,
+        libc::SCHED_FIFO | libc::SCHED_RR
+    )
+    .then_some(param.sched_priority)
 }
 
 /// Forgets where the direct outputs of the track in `slot` went, as the track is removed (and
