@@ -86,17 +86,18 @@ fn a_lost_alsa_device_closes_the_takes_and_recording_resumes_when_it_returns() {
         .position(|x| *x != 0.0)
         .unwrap_or(samples.len());
     // The tone, unbroken but for what a jackd just restarted may do upstream of ALSA, as in
-    // `alsa_record`: drop a cycle or run cycles without the feeder (two jumps plus one per
-    // missed feeder cycle, with an ALSA period of frames that are no clean tone each).
+    // `alsa_record`: two jumps plus one per disturbance of the graph the feeder saw (cycles run
+    // without it, late cycles run back to back), with an ALSA period of frames that are no
+    // clean tone each.
     let (runs, lost) = aligned_runs(&[(CHANNEL, samples)], start);
-    let upstream = 2 + usize::try_from(feeder.missed_cycles()).unwrap();
+    let disturbances = feeder.disturbances();
+    let upstream = 2 + usize::try_from(disturbances).unwrap();
     let toned: usize = runs.iter().map(|(_, length, _)| length).sum();
     assert!(
         toned > RATE as usize / 4 && runs.len() <= 1 + upstream && lost <= upstream * 1024,
         "the new take holds the tone from frame {start} of {}: runs (from, length, feeder \
-         frame) {runs:?}, {lost} frames off it, the feeder missed {} cycles\n{}",
+         frame) {runs:?}, {lost} frames off it, {disturbances} disturbances of the graph\n{}",
         samples.len(),
-        feeder.missed_cycles(),
         daemon.log()
     );
     if runs.len() > 1 {

@@ -14,6 +14,14 @@ use common::*;
 /// Tone channels (frequencies 200 + 20 × channel Hz) of the feeder's three outputs.
 const CHANNELS: [usize; 3] = [3, 7, 11];
 
+/// Frames per period asked of the ALSA device: four of the dummy jackd's 256-frame cycles.
+/// cpal gives a capture stream two periods of buffer, and the JACK plugin drops, silently, a
+/// cycle that finds that buffer full (a sound card would report an overrun). Eight cycles of
+/// buffer rather than two absorb most of what a loaded machine does to the graph: a capture
+/// thread woken late, a dummy jackd running its late cycles back to back. This test checks what
+/// overdub makes of the device's channels, not how late its capture thread may run.
+const ALSA_PERIOD: u32 = 1024;
+
 /// The `.asoundrc` routing ALSA's default device to the feeder (capture) and to the dummy
 /// driver's playback ports (the master).
 fn asoundrc() -> String {
@@ -43,6 +51,7 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
         &dir.path().join("data"),
         &Settings {
             backend: "alsa",
+            period: ALSA_PERIOD,
             jack_server: Some(server.name.clone()),
             format: "f32",
             extra_config: "[alsa]\ndevice = \"default\"\nchannels = 3\n".into(),
@@ -65,6 +74,9 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
     );
 
     daemon.cli(&["session", "create", "demo", "--tracks", "3"]);
+    // The graph's disturbances from here on can reach the take (the device's buffer holds what
+    // it captured before the take began).
+    let disturbed_before = feeder.disturbances();
     for track in 1..=3 {
         daemon.cli(&[
             "track",
@@ -84,15 +96,15 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
 
     // The input latency is ALSA's capture delay as the run started: about the period the
     // callback was woken for (cpal's capture timestamps only go forward, which can make it
-    // read a little less), at most what the device's buffer holds; the period the processor
-    // works in comes on top.
+    // read a little less), at most what the device's buffer holds (two periods); the JACK
+    // cycle the plugin works in comes on top.
     let latency: f64 = serde_json::from_str::<serde_json::Value>(&metrics).unwrap()
         ["averageLatency"]
         .as_f64()
         .unwrap();
-    let periods = latency * f64::from(RATE) / 1000.0 / f64::from(PERIOD);
+    let periods = latency * f64::from(RATE) / 1000.0 / f64::from(ALSA_PERIOD);
     assert!(
-        (1.5..=9.0).contains(&periods),
+        (0.75..=3.0).contains(&periods),
         "averageLatency {latency} ms is {periods} periods"
     );
 
@@ -132,17 +144,18 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
         "the tones arrive within 250 ms ({start} silent frames)"
     );
     let (runs, lost) = aligned_runs(&tracks, start);
-    // A dummy jackd on a loaded machine can drop a JACK cycle upstream of ALSA (ALSA reports
-    // no xrun for it), or run cycles without the feeder (its tones fall behind): the tones
-    // then jump in every track at once, and a few frames around the jump may be no clean
-    // tone. Allow two such jumps plus one per cycle the feeder missed, and one ALSA period of
-    // such frames each; every run must hold all three tones from one common feeder frame.
-    let upstream = 2 + usize::try_from(feeder.missed_cycles()).unwrap();
+    // A dummy jackd on a loaded machine can run cycles without the feeder (its tones fall a
+    // cycle behind), or run late cycles back to back and so overfill the plugin's buffer (a
+    // cycle dropped, ALSA reports no xrun): the tones then jump in every track at once, and a
+    // few frames around the jump may be no clean tone. Allow two such jumps plus one per
+    // disturbance the feeder saw, and one ALSA period of such frames each; every run must hold
+    // all three tones from one common feeder frame.
+    let disturbances = feeder.disturbances() - disturbed_before;
+    let upstream = 2 + usize::try_from(disturbances).unwrap();
     assert!(
-        runs.len() <= 1 + upstream && lost <= upstream * 1024,
+        runs.len() <= 1 + upstream && lost <= upstream * ALSA_PERIOD as usize,
         "the tones are intact (runs (from, length, feeder frame): {runs:?}, {lost} frames off \
-         the tones; the feeder missed {} cycles)\n{metrics}\n{}",
-        feeder.missed_cycles(),
+         the tones; {disturbances} disturbances of the graph)\n{metrics}\n{}",
         daemon.log()
     );
     if runs.len() > 1 {

@@ -162,6 +162,11 @@ struct FeederProcess {
     missed: Arc<AtomicU64>,
     /// Cycles this client ran.
     cycles: Arc<AtomicU64>,
+    /// When the last cycle began.
+    last_start: Option<Instant>,
+    /// Cycles that began within half a period of the one before: a server that was held back
+    /// runs its late cycles back to back.
+    catch_up: Arc<AtomicU64>,
     /// Microseconds the next cycle sleeps before writing (then back to 0).
     stall_us: Arc<AtomicU64>,
 }
@@ -185,6 +190,16 @@ impl jack::ProcessHandler for FeederProcess {
             self.missed.fetch_add(u64::from(cycles), Ordering::Relaxed);
         }
         self.next_cycle = Some(cycle.wrapping_add(scope.n_frames()));
+        let now = Instant::now();
+        let half_period =
+            Duration::from_secs_f64(f64::from(scope.n_frames()) / 2.0 / f64::from(RATE));
+        if self
+            .last_start
+            .is_some_and(|last| now.duration_since(last) < half_period)
+        {
+            self.catch_up.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_start = Some(now);
         let stall = self.stall_us.swap(0, Ordering::Relaxed);
         if stall > 0 {
             std::thread::sleep(Duration::from_micros(stall));
@@ -218,6 +233,7 @@ pub struct Feeder {
     impulse_at: Arc<AtomicU64>,
     missed: Arc<AtomicU64>,
     cycles: Arc<AtomicU64>,
+    catch_up: Arc<AtomicU64>,
     stall_us: Arc<AtomicU64>,
 }
 
@@ -236,6 +252,7 @@ impl Feeder {
         let impulse_at = Arc::new(AtomicU64::new(u64::MAX));
         let missed = Arc::new(AtomicU64::new(0));
         let cycles = Arc::new(AtomicU64::new(0));
+        let catch_up = Arc::new(AtomicU64::new(0));
         let stall_us = Arc::new(AtomicU64::new(0));
         let process = FeederProcess {
             outs,
@@ -245,6 +262,8 @@ impl Feeder {
             next_cycle: None,
             missed: Arc::clone(&missed),
             cycles: Arc::clone(&cycles),
+            last_start: None,
+            catch_up: Arc::clone(&catch_up),
             stall_us: Arc::clone(&stall_us),
         };
         let client = client.activate_async((), process).unwrap();
@@ -254,6 +273,7 @@ impl Feeder {
             impulse_at,
             missed,
             cycles,
+            catch_up,
             stall_us,
         }
     }
@@ -269,6 +289,15 @@ impl Feeder {
     /// its outputs stale and its tones a period behind the graph.
     pub fn missed_cycles(&self) -> u64 {
         self.missed.load(Ordering::Relaxed)
+    }
+
+    /// Moments the graph upstream of a device may have broken the feeder's tones: the cycles
+    /// the server ran without the feeder ([`Feeder::missed_cycles`]), and the cycles it ran
+    /// back to back to catch up after it was held back. A device that reads the graph through a
+    /// small buffer, as the ALSA JACK plugin does, can find that buffer full in such a burst:
+    /// the plugin then drops the cycle without reporting an overrun.
+    pub fn disturbances(&self) -> u64 {
+        self.missed_cycles() + self.catch_up.load(Ordering::Relaxed)
     }
 
     /// Cycles the feeder has run since it started.

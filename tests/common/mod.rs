@@ -91,6 +91,9 @@ pub struct Settings {
     pub max_tracks: u32,
     /// `audio.backend`.
     pub backend: &'static str,
+    /// `audio.period`: frames per cycle of the virtual graph, and per period asked of an ALSA
+    /// device.
+    pub period: u32,
     /// The private JACK server the daemon talks to (`JACK_DEFAULT_SERVER`).
     pub jack_server: Option<String>,
     /// `XDG_RUNTIME_DIR` of the daemon (where it finds a private PipeWire server).
@@ -110,6 +113,7 @@ impl Default for Settings {
             format: "s24",
             max_tracks: 64,
             backend: "virtual",
+            period: PERIOD,
             jack_server: None,
             runtime_dir: None,
             extra_config: String::new(),
@@ -159,11 +163,12 @@ pub fn write_config(dir: &Path, settings: &Settings) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[audio]\nbackend = \"{}\"\nsample_rate = {RATE}\nperiod = {PERIOD}\n\
+            "[audio]\nbackend = \"{}\"\nsample_rate = {RATE}\nperiod = {}\n\
              [engine]\nmax_tracks = {}\n\
              [capture]\nformat = \"{}\"\nflush_interval = {}\nmin_free_seconds = {}\nstop_free_seconds = {}\n\
              [http]\nlisten = \"127.0.0.1:0\"\n{}",
             settings.backend,
+            settings.period,
             settings.max_tracks,
             settings.format,
             settings.flush_interval,
