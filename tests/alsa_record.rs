@@ -22,6 +22,10 @@ const CHANNELS: [usize; 3] = [3, 7, 11];
 /// overdub makes of the device's channels, not how late its capture thread may run.
 const ALSA_PERIOD: u32 = 1024;
 
+/// The SCHED_FIFO priority overdub asks for its capture thread (libjack's threads, which the
+/// plugin brings into the daemon, run at the dummy jackd's lower priorities).
+const CAPTURE_PRIORITY: u32 = 70;
+
 /// The `.asoundrc` routing ALSA's default device to the feeder (capture) and to the dummy
 /// driver's playback ports (the master).
 fn asoundrc() -> String {
@@ -92,6 +96,23 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
 
     daemon.cli(&["record"]);
     sleep(1.0);
+
+    // The capture thread runs SCHED_FIFO at overdub's priority, or the log says it does not.
+    let refused = "ALSA: the capture thread runs WITHOUT real-time scheduling";
+    wait_for(
+        || {
+            daemon.log().contains(refused)
+                || daemon.realtime_priorities().contains(&CAPTURE_PRIORITY)
+        },
+        "the capture thread runs in real time, or the log says it does not",
+    );
+    assert!(
+        !(daemon.log().contains(refused)
+            && daemon.realtime_priorities().contains(&CAPTURE_PRIORITY)),
+        "the log says the capture thread is not real-time, but it is: {:?}\n{}",
+        daemon.realtime_priorities(),
+        daemon.log()
+    );
     let metrics = daemon.cli(&["stop", "--json"]);
 
     // The input latency is ALSA's capture delay as the run started: about the period the

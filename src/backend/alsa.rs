@@ -811,9 +811,12 @@ impl RunningBackend for AlsaSession {
         }
         let refused = self.signals.realtime_refused.swap(0, Ordering::Relaxed);
         if refused != 0 {
-            tracing::info!(
+            tracing::warn!(
                 error = %std::io::Error::from_raw_os_error(refused),
-                "ALSA: SCHED_FIFO refused for the capture thread, running at normal priority"
+                "ALSA: the capture thread runs WITHOUT real-time scheduling (SCHED_FIFO refused: \
+                 raise the rtprio limit, LimitRTPRIO= in the unit or \"@audio - rtprio 95\" in \
+                 limits.conf); the device holds two periods, so a late capture thread loses \
+                 audio: expect xruns under load, fewer with a longer audio.period"
             );
         }
         if self.signals.panicked.swap(false, Ordering::AcqRel) {
