@@ -63,6 +63,23 @@ fn a_lost_alsa_device_closes_the_takes_and_recording_resumes_when_it_returns() {
         first.frames()
     );
 
+    // While the device is gone, the attempts to open it again every 500 ms leave stderr to
+    // overdub's own lines: with a `default` that names a missing card, alsa-lib complains at
+    // every attempt.
+    let asoundrc = std::fs::read_to_string(home.join(".asoundrc")).unwrap();
+    std::fs::write(
+        home.join(".asoundrc"),
+        "pcm.!default {\n type hw\n card \"OverdubNoSuchCard\"\n}\n",
+    )
+    .unwrap();
+    sleep(1.2);
+    let log = daemon.log();
+    assert!(
+        !log.contains("ALSA lib"),
+        "alsa-lib's messages reached stderr:\n{log}"
+    );
+    std::fs::write(home.join(".asoundrc"), asoundrc).unwrap();
+
     server.restart();
     let feeder = Feeder::start(&[Signal::Tone(CHANNEL)]);
     assert!(

@@ -1,6 +1,7 @@
 //! The daemon's life: peer-to-peer fallback without a bus, refusal of a second daemon,
 //! SIGTERM finalizing takes, sd_notify, SIGHUP reload, and start-up failures that must be clear
-//! and harmless (corrupt database, read-only data dir), and a disk that fills mid-take.
+//! and harmless (corrupt database, read-only data dir, an ALSA device that does not open), and a
+//! disk that fills mid-take.
 
 mod common;
 
@@ -21,6 +22,7 @@ fn failing_start(reach: &Reach, data_dir: &Path, settings: &Settings) -> String 
         .arg(&config)
         .arg("--data-dir")
         .arg(data_dir)
+        .envs(settings.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     match reach {
         Reach::Bus(address) => {
@@ -248,6 +250,36 @@ fn a_corrupt_database_is_a_clear_error_and_is_not_overwritten() {
         garbage,
         "file untouched"
     );
+}
+
+/// alsa-lib's reason comes in overdub's one error line, not as lines of its own on stderr.
+#[cfg(feature = "alsa")]
+#[test]
+fn an_alsa_device_that_does_not_open_is_a_clear_error_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".asoundrc"),
+        "pcm.!default {\n type hw\n card \"OverdubNoSuchCard\"\n}\n",
+    )
+    .unwrap();
+    let err = failing_start(
+        &Reach::PeerToPeer(dir.path().join("run")),
+        &dir.path().join("data"),
+        &Settings {
+            backend: "alsa",
+            env: vec![("HOME".into(), home.display().to_string())],
+            ..Settings::default()
+        },
+    );
+    assert!(
+        err.contains("the ALSA capture device \"default\" does not open")
+            && err.contains("(alsa-lib: ")
+            && err.contains("OverdubNoSuchCard"),
+        "names the device and alsa-lib's reason: {err}"
+    );
+    assert!(!err.contains("ALSA lib"), "{err}");
 }
 
 #[test]

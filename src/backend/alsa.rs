@@ -106,31 +106,61 @@ fn cpal_error(what: &str, e: impl std::fmt::Display) -> BackendError {
     BackendError::failed(format!("{what}: {e}"))
 }
 
+/// Runs `f` with alsa-lib's error messages on this thread collected instead of printed to
+/// stderr, and returns them (one per line; also in the debug log). alsa-lib prints each step
+/// of a failed device lookup, eight lines for a `default` PCM without a card, which a daemon
+/// probing at start or opening a lost device every [`RECONNECT_INTERVAL`] would repeat;
+/// overdub logs its own line, with alsa-lib's last message, instead. **Not** real-time safe.
+fn collecting_alsa_lib_messages<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let collected = ::alsa::Output::local_error_handler().ok();
+    let result = f();
+    // SAFETY: gives this thread back alsa-lib's default error handler; no pointer is passed.
+    unsafe { alsa_sys::snd_lib_error_set_local(None) };
+    let messages = collected
+        .map(|output| output.borrow().to_string())
+        .unwrap_or_default();
+    if !messages.is_empty() {
+        tracing::debug!("alsa-lib: {messages}");
+    }
+    (result, messages)
+}
+
+/// `error` with alsa-lib's last message (`messages` from [`collecting_alsa_lib_messages`])
+/// appended, when there is one: the reason in alsa-lib's words (`Unknown PCM default`).
+fn with_alsa_lib_reason(mut error: BackendError, messages: &str) -> BackendError {
+    if let Some(last) = messages.lines().rev().find(|line| !line.trim().is_empty()) {
+        error.message = format!("{} (alsa-lib: {})", error.message, last.trim());
+    }
+    error
+}
+
 impl AlsaGraph {
     /// Finds the capture device, checks that it offers `settings.channels` channels at
     /// `settings.sample_rate` in a format overdub converts, and settles the playback device
     /// (see [`AlsaOutput`]). Opens the devices to ask, so a device that does not open fails here.
     /// **Not** real-time safe.
     pub fn open(settings: &AlsaSettings) -> Result<AlsaGraph, BackendError> {
-        let host = cpal::host_from_id(cpal::HostId::Alsa)
-            .map_err(|e| cpal_error("ALSA is not available", e))?;
-        let capture = probe(&host, settings, &settings.device, Direction::Input)?;
-        let playback = match &settings.output {
-            AlsaOutput::Discard => None,
-            AlsaOutput::Device(name) => Some(probe(&host, settings, name, Direction::Output)?),
-            AlsaOutput::SameAsInput => {
-                match probe(&host, settings, &settings.device, Direction::Output) {
-                    Ok(plan) => Some(plan),
-                    Err(e) => {
-                        tracing::info!("ALSA: {e}; the master is metered and discarded");
-                        None
+        let (plan, messages) = collecting_alsa_lib_messages(|| {
+            let host = cpal::host_from_id(cpal::HostId::Alsa)
+                .map_err(|e| cpal_error("ALSA is not available", e))?;
+            let capture = probe(&host, settings, &settings.device, Direction::Input)?;
+            let playback = match &settings.output {
+                AlsaOutput::Discard => None,
+                AlsaOutput::Device(name) => Some(probe(&host, settings, name, Direction::Output)?),
+                AlsaOutput::SameAsInput => {
+                    match probe(&host, settings, &settings.device, Direction::Output) {
+                        Ok(plan) => Some(plan),
+                        Err(e) => {
+                            tracing::info!("ALSA: {e}; the master is metered and discarded");
+                            None
+                        }
                     }
                 }
-            }
-        };
-        Ok(AlsaGraph {
-            plan: DevicePlan { capture, playback },
-        })
+            };
+            Ok(DevicePlan { capture, playback })
+        });
+        let plan = plan.map_err(|e| with_alsa_lib_reason(e, &messages))?;
+        Ok(AlsaGraph { plan })
     }
 
     /// Frames per second sessions record at.
@@ -655,7 +685,8 @@ impl AlsaSession {
         self.signals
             .capture_measured
             .store(false, Ordering::Release);
-        match self.try_open(processor) {
+        let (opened, messages) = collecting_alsa_lib_messages(|| self.try_open(processor));
+        match opened.map_err(|e| with_alsa_lib_reason(e, &messages)) {
             Ok(streams) => {
                 self.signals.lost.store(false, Ordering::Release);
                 self.streams = Some(streams);
