@@ -36,6 +36,7 @@ fn a_lost_alsa_device_closes_the_takes_and_recording_resumes_when_it_returns() {
             env: vec![
                 ("HOME".into(), home.display().to_string()),
                 ("JACK_NO_START_SERVER".into(), "1".into()),
+                ("OVERDUB_LOG".into(), "overdub=debug".into()),
             ],
             ..Settings::default()
         },
@@ -65,14 +66,16 @@ fn a_lost_alsa_device_closes_the_takes_and_recording_resumes_when_it_returns() {
 
     // While the device is gone, the attempts to open it again every 500 ms leave stderr to
     // overdub's own lines: with a `default` that names a missing card, alsa-lib complains at
-    // every attempt.
+    // every attempt. (alsa-lib reads the file again when its modification time, in whole
+    // seconds, changes: the first was written seconds ago.) The debug log shows an attempt
+    // that met the missing card.
     let asoundrc = std::fs::read_to_string(home.join(".asoundrc")).unwrap();
-    std::fs::write(
-        home.join(".asoundrc"),
-        "pcm.!default {\n type hw\n card \"OverdubNoSuchCard\"\n}\n",
-    )
-    .unwrap();
-    sleep(1.2);
+    std::fs::write(home.join(".asoundrc"), ASOUNDRC_MISSING_CARD).unwrap();
+    assert!(
+        wait_for(&daemon, "OverdubNoSuchCard"),
+        "an attempt to open the device meets the missing card:\n{}",
+        daemon.log()
+    );
     let log = daemon.log();
     assert!(
         !log.contains("ALSA lib"),
@@ -104,8 +107,8 @@ fn a_lost_alsa_device_closes_the_takes_and_recording_resumes_when_it_returns() {
         .unwrap_or(samples.len());
     // The tone, unbroken but for what a jackd just restarted may do upstream of ALSA, as in
     // `alsa_record`: two jumps plus one per disturbance of the graph the feeder saw (cycles run
-    // without it, late cycles run back to back), with an ALSA period of frames that are no
-    // clean tone each.
+    // without it, late cycles run back to back), with up to 1024 frames that are no clean tone
+    // each.
     let (runs, lost) = aligned_runs(&[(CHANNEL, samples)], start);
     let disturbances = feeder.disturbances();
     let upstream = 2 + usize::try_from(disturbances).unwrap();

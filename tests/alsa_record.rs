@@ -114,6 +114,7 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
         daemon.log()
     );
     let metrics = daemon.cli(&["stop", "--json"]);
+    let disturbances = feeder.disturbances() - disturbed_before;
 
     // The input latency is ALSA's capture delay as the run started: about the period the
     // callback was woken for (cpal's capture timestamps only go forward, which can make it
@@ -171,7 +172,6 @@ fn the_alsa_device_channels_are_recorded_intact_and_aligned() {
     // few frames around the jump may be no clean tone. Allow two such jumps plus one per
     // disturbance the feeder saw, and one ALSA period of such frames each; every run must hold
     // all three tones from one common feeder frame.
-    let disturbances = feeder.disturbances() - disturbed_before;
     let upstream = 2 + usize::try_from(disturbances).unwrap();
     assert!(
         runs.len() <= 1 + upstream && lost <= upstream * ALSA_PERIOD as usize,

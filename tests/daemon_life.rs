@@ -259,11 +259,7 @@ fn an_alsa_device_that_does_not_open_is_a_clear_error_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(
-        home.join(".asoundrc"),
-        "pcm.!default {\n type hw\n card \"OverdubNoSuchCard\"\n}\n",
-    )
-    .unwrap();
+    std::fs::write(home.join(".asoundrc"), ASOUNDRC_MISSING_CARD).unwrap();
     let err = failing_start(
         &Reach::PeerToPeer(dir.path().join("run")),
         &dir.path().join("data"),

@@ -112,13 +112,23 @@ fn cpal_error(what: &str, e: impl std::fmt::Display) -> BackendError {
 /// probing at start or opening a lost device every [`RECONNECT_INTERVAL`] would repeat;
 /// overdub logs its own line, with alsa-lib's last message, instead. **Not** real-time safe.
 fn collecting_alsa_lib_messages<T>(f: impl FnOnce() -> T) -> (T, String) {
+    /// Gives the thread back alsa-lib's default error handler when dropped, also when `f`
+    /// panics (the thread may go on, as tokio's do).
+    struct DefaultHandlerOnDrop;
+    impl Drop for DefaultHandlerOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: resets this thread's local error handler; no pointer is passed.
+            unsafe { alsa_sys::snd_lib_error_set_local(None) };
+        }
+    }
     let collected = ::alsa::Output::local_error_handler().ok();
+    let reset = DefaultHandlerOnDrop;
     let result = f();
-    // SAFETY: gives this thread back alsa-lib's default error handler; no pointer is passed.
-    unsafe { alsa_sys::snd_lib_error_set_local(None) };
+    drop(reset);
     let messages = collected
         .map(|output| output.borrow().to_string())
         .unwrap_or_default();
+    let messages = messages.trim_end().to_string();
     if !messages.is_empty() {
         tracing::debug!("alsa-lib: {messages}");
     }
@@ -126,7 +136,9 @@ fn collecting_alsa_lib_messages<T>(f: impl FnOnce() -> T) -> (T, String) {
 }
 
 /// `error` with alsa-lib's last message (`messages` from [`collecting_alsa_lib_messages`])
-/// appended, when there is one: the reason in alsa-lib's words (`Unknown PCM default`).
+/// appended, when there is one: the failing call and the reason in alsa-lib's words
+/// (`snd_pcm_open_noupdate: Unknown PCM default`). The failing step is the last that ran, so its
+/// message comes last.
 fn with_alsa_lib_reason(mut error: BackendError, messages: &str) -> BackendError {
     if let Some(last) = messages.lines().rev().find(|line| !line.trim().is_empty()) {
         error.message = format!("{} (alsa-lib: {})", error.message, last.trim());

@@ -531,6 +531,11 @@ pub fn tone(channel: usize, frame: u64) -> f32 {
 /// generator's own error, with margin).
 pub const TOLERANCE: f32 = 2e-5;
 
+/// An `.asoundrc` whose `default` PCM names a sound card that does not exist: alsa-lib then
+/// complains (on stderr, unless overdub collects it) at every attempt to open it.
+pub const ASOUNDRC_MISSING_CARD: &str =
+    "pcm.!default {\n type hw\n card \"OverdubNoSuchCard\"\n}\n";
+
 /// Finds the graph frame `k` (mod 4800, the common period of every tone at 48 kHz) at which
 /// `samples[from..]` of all `tracks` (channel, samples) match their tones.
 pub fn find_offset(tracks: &[(usize, &[f32])], from: usize) -> Option<u64> {
