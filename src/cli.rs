@@ -598,9 +598,10 @@ async fn status(client: &Client, as_json: bool) -> Result<(), CliError> {
     if as_json {
         println!("{status}");
     } else {
-        let period = match period {
-            0 => "the audio server is gone; overdub reconnects when it returns".to_string(),
-            frames => format!("{frames} frames per period"),
+        let period = match (period, backend.as_str()) {
+            (0, "alsa") => "the ALSA device is gone; overdub opens it again when it returns".into(),
+            (0, _) => "the audio server is gone; overdub reconnects when it returns".to_string(),
+            (frames, _) => format!("{frames} frames per period"),
         };
         println!("overdub {version}: {backend} graph, {rate} Hz, {period} ({environment})");
         if sessions.is_empty() {

@@ -64,6 +64,15 @@ fn a_lost_alsa_device_closes_the_takes_and_recording_resumes_when_it_returns() {
         first.frames()
     );
 
+    // While the device is gone, `status` says so.
+    let status = daemon.cli_json(&["status", "--json"]);
+    assert_eq!(status["bufferSize"], 0, "{status}");
+    let text = daemon.cli(&["status"]);
+    assert!(
+        text.contains("the ALSA device is gone; overdub opens it again when it returns"),
+        "{text}"
+    );
+
     // While the device is gone, the attempts to open it again every 500 ms leave stderr to
     // overdub's own lines: with a `default` that names a missing card, alsa-lib complains at
     // every attempt. (alsa-lib reads the file again when its modification time, in whole
@@ -90,6 +99,11 @@ fn a_lost_alsa_device_closes_the_takes_and_recording_resumes_when_it_returns() {
         "the device is opened again:\n{}",
         daemon.log()
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.cli_json(&["status", "--json"])["bufferSize"] != PERIOD {
+        assert!(Instant::now() < deadline, "status shows the device back");
+        sleep(0.05);
+    }
     sleep(0.6);
     daemon.cli(&["stop"]);
     let takes = daemon.takes();

@@ -24,7 +24,7 @@
 //! Everything else runs on control's threads.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,24 @@ impl DevicePlan {
 /// [`AlsaGraph::start`]. Every method runs off the real-time thread.
 pub struct AlsaGraph {
     plan: DevicePlan,
+    /// Active sessions whose device is gone (each holds a [`DeviceGone`]).
+    sessions_gone: Arc<AtomicUsize>,
+}
+
+/// Counts its session among those whose device is gone, for as long as it lives.
+struct DeviceGone(Arc<AtomicUsize>);
+
+impl DeviceGone {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        DeviceGone(Arc::clone(count))
+    }
+}
+
+impl Drop for DeviceGone {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn cpal_error(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -172,7 +190,21 @@ impl AlsaGraph {
             Ok(DevicePlan { capture, playback })
         });
         let plan = plan.map_err(|e| with_alsa_lib_reason(e, &messages))?;
-        Ok(AlsaGraph { plan })
+        Ok(AlsaGraph::with_plan(plan))
+    }
+
+    /// A graph over `plan` with no session yet.
+    fn with_plan(plan: DevicePlan) -> AlsaGraph {
+        AlsaGraph {
+            plan,
+            sessions_gone: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// An active session's device is gone (overdub opens it again every
+    /// [`RECONNECT_INTERVAL`]).
+    pub fn device_gone(&self) -> bool {
+        self.sessions_gone.load(Ordering::Acquire) > 0
     }
 
     /// Frames per second sessions record at.
@@ -242,6 +274,8 @@ impl AlsaGraph {
             callbacks_seen: 0,
             last_progress: Instant::now(),
             last_attempt: Instant::now(),
+            sessions_gone: Arc::clone(&self.sessions_gone),
+            gone: None,
         };
         session.open(processor)?;
         Ok(Box::new(session))
@@ -688,6 +722,10 @@ struct AlsaSession {
     /// When the capture callback last ran (as seen by `poll`).
     last_progress: Instant,
     last_attempt: Instant,
+    /// The graph's count of sessions whose device is gone.
+    sessions_gone: Arc<AtomicUsize>,
+    /// Counts this session there while its device is gone.
+    gone: Option<DeviceGone>,
 }
 
 impl AlsaSession {
@@ -886,6 +924,7 @@ impl RunningBackend for AlsaSession {
                 );
                 self.close();
                 self.last_attempt = Instant::now();
+                self.gone = Some(DeviceGone::new(&self.sessions_gone));
                 events.push(BackendEvent::Lost);
             }
         } else if self.last_attempt.elapsed() >= RECONNECT_INTERVAL {
@@ -897,6 +936,7 @@ impl RunningBackend for AlsaSession {
                             device = self.plan.capture.device,
                             "the ALSA device is back"
                         );
+                        self.gone = None;
                         events.push(BackendEvent::Restored);
                     }
                     Err(e) => tracing::debug!("the ALSA device is still gone: {e}"),
@@ -1015,9 +1055,7 @@ mod tests {
 
     #[test]
     fn inputs_name_the_capture_device_channels() {
-        let graph = AlsaGraph {
-            plan: plan(4, true),
-        };
+        let graph = AlsaGraph::with_plan(plan(4, true));
         assert_eq!(graph.sample_rate(), 48_000);
         assert_eq!(graph.period(), 256);
         let devices = graph.devices();
@@ -1048,14 +1086,7 @@ mod tests {
         assert_eq!(graph.default_input(5, 1), "none");
         assert_eq!(graph.default_input(2, 2), "hw:1:3");
         assert_eq!(graph.default_input(3, 2), "none");
-        assert_eq!(
-            AlsaGraph {
-                plan: plan(2, false)
-            }
-            .devices()
-            .len(),
-            1
-        );
+        assert_eq!(AlsaGraph::with_plan(plan(2, false)).devices().len(), 1);
     }
 
     #[test]

@@ -396,7 +396,18 @@ impl Graph {
         }
     }
 
-    /// Frames per period now.
+    /// Frames per period now, what clients are told: 0 while the audio server is gone, or an
+    /// active session's ALSA device (a new session's engine is still built for
+    /// [`Graph::period`]).
+    pub fn buffer_size(&self) -> u32 {
+        match self {
+            #[cfg(feature = "alsa")]
+            Graph::Alsa(graph) if graph.device_gone() => 0,
+            _ => self.period(),
+        }
+    }
+
+    /// Frames per period now (0 while the JACK or PipeWire server is gone).
     pub fn period(&self) -> u32 {
         match self {
             Graph::Virtual(config) => config.period,

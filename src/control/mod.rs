@@ -169,7 +169,7 @@ pub struct DaemonInfo {
     pub backend: String,
     /// Frames per second.
     pub sample_rate: u32,
-    /// Frames per period (0 while the audio server is gone).
+    /// Frames per period (0 while the audio server, or an active session's ALSA device, is gone).
     pub buffer_size: u32,
     /// `desktop`, `container` or `ci`.
     pub environment: String,
@@ -326,7 +326,7 @@ impl Control {
             version: env!("CARGO_PKG_VERSION").into(),
             backend: self.inner.graph.name().into(),
             sample_rate: self.inner.graph.sample_rate(),
-            buffer_size: self.inner.graph.period(),
+            buffer_size: self.inner.graph.buffer_size(),
             environment: self.inner.environment.clone(),
         }
     }
@@ -334,7 +334,7 @@ impl Control {
     /// Frames per period of the audio graph (`info().buffer_size`, without building the rest
     /// of [`DaemonInfo`]).
     pub fn buffer_size(&self) -> u32 {
-        self.inner.graph.period()
+        self.inner.graph.buffer_size()
     }
 
     /// The devices of the audio graph.

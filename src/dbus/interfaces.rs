@@ -297,9 +297,9 @@ impl Manager {
         self.control.info().sample_rate
     }
 
-    /// Frames per period now, 0 while the audio server is gone (overdub reconnects when it
-    /// returns). The server can change it at any time: read it when needed; it sends no change
-    /// signal.
+    /// Frames per period now, 0 while the audio server, or an active session's ALSA device, is
+    /// gone (overdub reconnects when it returns). The server can change it at any time: read it
+    /// when needed; it sends no change signal.
     #[zbus(property(emits_changed_signal = "false"))]
     fn buffer_size(&self) -> u32 {
         self.control.info().buffer_size
