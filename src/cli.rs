@@ -600,7 +600,7 @@ async fn status(client: &Client, as_json: bool) -> Result<(), CliError> {
     } else {
         let period = match (period, backend.as_str()) {
             (0, "alsa") => "the ALSA device is gone; overdub opens it again when it returns".into(),
-            (0, _) => "the audio server is gone; overdub reconnects when it returns".to_string(),
+            (0, _) => "the audio server is gone; overdub reconnects when it returns".into(),
             (frames, _) => format!("{frames} frames per period"),
         };
         println!("overdub {version}: {backend} graph, {rate} Hz, {period} ({environment})");

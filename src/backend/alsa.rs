@@ -143,10 +143,10 @@ fn collecting_alsa_lib_messages<T>(f: impl FnOnce() -> T) -> (T, String) {
     let reset = DefaultHandlerOnDrop;
     let result = f();
     drop(reset);
-    let messages = collected
+    let mut messages = collected
         .map(|output| output.borrow().to_string())
         .unwrap_or_default();
-    let messages = messages.trim_end().to_string();
+    messages.truncate(messages.trim_end().len());
     if !messages.is_empty() {
         tracing::debug!("alsa-lib: {messages}");
     }
